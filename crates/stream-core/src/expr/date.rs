@@ -1,0 +1,6 @@
+//! Expression operators: date family. See `expr/mod.rs` for the compile/eval contract.
+
+use super::CompileFn;
+
+/// Operators of this family.
+pub(crate) const OPERATORS: &[(&str, CompileFn)] = &[];

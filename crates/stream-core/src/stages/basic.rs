@@ -1,0 +1,109 @@
+//! Document-at-a-time stages: `$match`, `$limit`, `$skip`, ...
+
+use super::{Stage, StageCompileFn};
+use crate::error::{CompileError, EvalError};
+use crate::expr::{CompileCtx, Env};
+use crate::query::Query;
+use crate::value::{Document, Value};
+use std::sync::Arc;
+
+/// Stages of this family.
+pub(crate) const STAGES: &[(&str, StageCompileFn)] = &[
+    ("$match", compile_match),
+    ("$limit", compile_limit),
+    ("$skip", compile_skip),
+];
+
+#[derive(Debug, Clone)]
+struct Match {
+    query: Arc<Query>,
+}
+
+impl Stage for Match {
+    fn name(&self) -> &'static str {
+        "$match"
+    }
+    fn process(&mut self, doc: Document, env: &Env, out: &mut Vec<Document>) -> Result<(), EvalError> {
+        if self.query.matches(&doc, env)? {
+            out.push(doc);
+        }
+        Ok(())
+    }
+    fn fresh(&self) -> Box<dyn Stage> {
+        Box::new(self.clone())
+    }
+}
+
+fn compile_match(spec: &Value, path: &str, cx: &mut CompileCtx) -> Result<Box<dyn Stage>, CompileError> {
+    Ok(Box::new(Match {
+        query: Arc::new(Query::compile(spec, path, cx)?),
+    }))
+}
+
+/// A positive integer stage argument (`$limit`, `$skip`, `$sample.size`).
+pub(crate) fn positive_count(name: &str, spec: &Value, path: &str, allow_zero: bool) -> Result<u64, CompileError> {
+    match spec.as_i64_exact() {
+        Some(n) if n > 0 || (allow_zero && n == 0) => Ok(n as u64),
+        _ => Err(CompileError::new(
+            path,
+            format!(
+                "{name} expects a {} integer, found {}",
+                if allow_zero { "non-negative" } else { "positive" },
+                spec.to_json()
+            ),
+        )),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Limit {
+    limit: u64,
+    seen: u64,
+}
+
+impl Stage for Limit {
+    fn name(&self) -> &'static str {
+        "$limit"
+    }
+    fn process(&mut self, doc: Document, _env: &Env, out: &mut Vec<Document>) -> Result<(), EvalError> {
+        if self.seen < self.limit {
+            self.seen += 1;
+            out.push(doc);
+        }
+        Ok(())
+    }
+    fn fresh(&self) -> Box<dyn Stage> {
+        Box::new(Limit { limit: self.limit, seen: 0 })
+    }
+}
+
+fn compile_limit(spec: &Value, path: &str, _cx: &mut CompileCtx) -> Result<Box<dyn Stage>, CompileError> {
+    Ok(Box::new(Limit { limit: positive_count("$limit", spec, path, false)?, seen: 0 }))
+}
+
+#[derive(Debug, Clone)]
+struct Skip {
+    skip: u64,
+    seen: u64,
+}
+
+impl Stage for Skip {
+    fn name(&self) -> &'static str {
+        "$skip"
+    }
+    fn process(&mut self, doc: Document, _env: &Env, out: &mut Vec<Document>) -> Result<(), EvalError> {
+        if self.seen < self.skip {
+            self.seen += 1;
+        } else {
+            out.push(doc);
+        }
+        Ok(())
+    }
+    fn fresh(&self) -> Box<dyn Stage> {
+        Box::new(Skip { skip: self.skip, seen: 0 })
+    }
+}
+
+fn compile_skip(spec: &Value, path: &str, _cx: &mut CompileCtx) -> Result<Box<dyn Stage>, CompileError> {
+    Ok(Box::new(Skip { skip: positive_count("$skip", spec, path, true)?, seen: 0 }))
+}

@@ -1,0 +1,122 @@
+//! Aggregation stages. Each stage is compiled once into a [`Stage`] prototype; a
+//! pipeline run takes a [`Stage::fresh`] copy per run so compiled configuration is
+//! shared and run state is not.
+//!
+//! A stage receives documents one at a time through [`Stage::process`] and may emit any
+//! number of documents; blocking stages (`$group`, `$sort`, ...) buffer and emit from
+//! [`Stage::finish`] when the input ends. Each family of stages lives in its own module
+//! and exports a `STAGES` table of `(name, compile function)`.
+
+mod basic;
+mod bucket;
+mod facet;
+mod group;
+mod sort;
+mod window_fields;
+
+pub mod accumulators;
+
+use crate::error::{path_index, path_key, CompileError, EvalError};
+use crate::expr::{CompileCtx, Env};
+use crate::value::{Document, Value};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::OnceLock;
+
+/// A compiled stage with its run state.
+pub trait Stage: Send + fmt::Debug {
+    /// The stage name, e.g. `$group`.
+    fn name(&self) -> &'static str;
+
+    /// Processes one input document, appending any outputs to `out`. An error affects
+    /// only this document.
+    fn process(&mut self, doc: Document, env: &Env, out: &mut Vec<Document>) -> Result<(), EvalError>;
+
+    /// The input has ended: emit whatever is buffered.
+    fn finish(&mut self, _env: &Env, _out: &mut Vec<Document>) -> Result<(), EvalError> {
+        Ok(())
+    }
+
+    /// A copy with the same compiled configuration and empty run state.
+    fn fresh(&self) -> Box<dyn Stage>;
+
+    /// True when the stage emits only at [`Stage::finish`] (it needs the whole input).
+    fn is_blocking(&self) -> bool {
+        false
+    }
+}
+
+/// Compiles a stage's specification (the value under its name) found at `path`.
+pub type StageCompileFn =
+    fn(spec: &Value, path: &str, cx: &mut CompileCtx) -> Result<Box<dyn Stage>, CompileError>;
+
+fn stage_table() -> &'static HashMap<&'static str, StageCompileFn> {
+    static TABLE: OnceLock<HashMap<&'static str, StageCompileFn>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut m = HashMap::new();
+        for table in [
+            basic::STAGES,
+            group::STAGES,
+            sort::STAGES,
+            bucket::STAGES,
+            facet::STAGES,
+            window_fields::STAGES,
+        ] {
+            for (name, f) in table {
+                m.insert(*name, *f);
+            }
+        }
+        m
+    })
+}
+
+/// Stages that need a database; rejected with a pointer to connectors.
+const DATABASE_STAGES: &[&str] = &["$lookup", "$graphLookup", "$merge", "$out", "$unionWith"];
+
+/// Compiles one stage object `{"$name": spec}` found at `path` (e.g. `pipeline[1]`).
+pub fn compile_stage(stage: &Value, path: &str, cx: &mut CompileCtx) -> Result<Box<dyn Stage>, CompileError> {
+    let Value::Document(d) = stage else {
+        return Err(CompileError::new(
+            path,
+            format!("a stage must be an object like {{\"$match\": {{...}}}}, found {}", stage.type_name()),
+        ));
+    };
+    if d.len() != 1 {
+        return Err(CompileError::new(
+            path,
+            format!("a stage object must have exactly one field (the stage name), found {}", d.len()),
+        ));
+    }
+    let (name, spec) = d.iter().next().expect("one field");
+    let stage_path = path_key(path, name);
+    if DATABASE_STAGES.contains(&name.as_str()) {
+        return Err(CompileError::new(
+            stage_path,
+            format!("{name} needs a database and is not supported inside a pipeline; read from or write to a database with a source or sink connector instead"),
+        ));
+    }
+    match stage_table().get(name.as_str()) {
+        Some(f) => f(spec, &stage_path, cx),
+        None => Err(CompileError::new(stage_path, format!("unknown stage '{name}'"))),
+    }
+}
+
+/// Compiles an array of stages found at `path`.
+pub fn compile_stages(stages: &Value, path: &str, cx: &mut CompileCtx) -> Result<Vec<Box<dyn Stage>>, CompileError> {
+    let Value::Array(items) = stages else {
+        return Err(CompileError::new(
+            path,
+            format!("a pipeline must be an array of stages, found {}", stages.type_name()),
+        ));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, s)| compile_stage(s, &path_index(path, i), cx))
+        .collect()
+}
+
+/// True when `name` is a known stage.
+pub fn is_stage(name: &str) -> bool {
+    stage_table().contains_key(name)
+}

@@ -1,0 +1,528 @@
+//! MongoDB Extended JSON v2, relaxed and canonical, in and out.
+//!
+//! Parsing goes straight from JSON text to [`Value`] in one pass (a serde visitor, no
+//! intermediate `serde_json::Value`): objects whose first key is an Extended JSON
+//! marker (`$oid`, `$date`, `$numberLong`, ...) become the typed value. Plain JSON
+//! numbers become int32 when they fit, else int64, else double; numbers written with
+//! a fraction or exponent are doubles — the relaxed-mode rules.
+
+use super::{Binary, Document, ObjectId, Regex, Str, Timestamp, Value};
+use base64::Engine;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::fmt::{self, Write};
+
+/// Output flavour of Extended JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ExtJsonMode {
+    /// Plain JSON numbers where lossless, dates as ISO-8601 strings in `{"$date": ...}`.
+    #[default]
+    Relaxed,
+    /// Every type explicit: `{"$numberInt": "1"}`, `{"$date": {"$numberLong": "..."}}`.
+    Canonical,
+}
+
+/// An Extended JSON parse error, with the position serde_json reports.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid JSON: {0}")]
+pub struct ExtJsonError(#[from] serde_json::Error);
+
+/// Parses one JSON / Extended JSON value.
+pub fn parse_value(text: &str) -> Result<Value, ExtJsonError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let v = ValueSeed.deserialize(&mut de)?;
+    de.end()?;
+    Ok(v)
+}
+
+/// Parses one JSON / Extended JSON object into a document.
+pub fn parse_document(text: &str) -> Result<Document, ExtJsonError> {
+    match parse_value(text)? {
+        Value::Document(d) => Ok(d),
+        other => Err(ExtJsonError(de::Error::custom(format!(
+            "expected a JSON object, found {}",
+            other.type_name()
+        )))),
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ValueSeed.deserialize(d)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Document {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match ValueSeed.deserialize(d)? {
+            Value::Document(doc) => Ok(doc),
+            other => Err(de::Error::custom(format!(
+                "expected a JSON object, found {}",
+                other.type_name()
+            ))),
+        }
+    }
+}
+
+impl serde::Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Round-trip through our own writer so every serializer sees relaxed Extended JSON.
+        let text = self.to_json();
+        let raw: Box<serde_json::value::RawValue> =
+            serde_json::value::RawValue::from_string(text).map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
+}
+
+impl serde::Serialize for Document {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let raw: Box<serde_json::value::RawValue> =
+            serde_json::value::RawValue::from_string(self.to_json())
+                .map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
+}
+
+struct ValueSeed;
+
+impl<'de> DeserializeSeed<'de> for ValueSeed {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+fn int_value(n: i64) -> Value {
+    match i32::try_from(n) {
+        Ok(i) => Value::Int32(i),
+        Err(_) => Value::Int64(n),
+    }
+}
+
+impl<'de> Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(int_value(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(match i64::try_from(v) {
+            Ok(n) => int_value(n),
+            Err(_) => Value::Double(v as f64),
+        })
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::Double(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(Str::from(v)))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(Str::from(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+        while let Some(v) = seq.next_element_seed(ValueSeed)? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let first: Option<KeyBuf> = map.next_key()?;
+        let Some(KeyBuf(first)) = first else {
+            return Ok(Value::Document(Document::new()));
+        };
+        if first.starts_with('$') {
+            if let Some(v) = parse_extended(&first, &mut map)? {
+                return Ok(v);
+            }
+        }
+        let mut doc = Document::with_capacity(8);
+        let v = map.next_value_seed(ValueSeed)?;
+        doc.push_json_field(first, v);
+        while let Some(KeyBuf(k)) = map.next_key()? {
+            let v = map.next_value_seed(ValueSeed)?;
+            doc.push_json_field(k, v);
+        }
+        Ok(Value::Document(doc))
+    }
+}
+
+impl Document {
+    /// JSON objects may repeat a key; the last one wins, as in MongoDB's parsers.
+    fn push_json_field(&mut self, k: Str, v: Value) {
+        if self.contains_key(&k) {
+            self.insert(k, v);
+        } else {
+            self.push_unchecked(k, v);
+        }
+    }
+}
+
+/// A map key read without going through `String` when serde_json can lend it.
+struct KeyBuf(Str);
+
+impl<'de> serde::Deserialize<'de> for KeyBuf {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyBuf;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<KeyBuf, E> {
+                Ok(KeyBuf(Str::from(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Reads the rest of an object whose first key is `key` when that key is an Extended
+/// JSON marker; returns `None` (having consumed nothing) for other `$` keys such as
+/// query operators.
+fn parse_extended<'de, A: MapAccess<'de>>(key: &str, map: &mut A) -> Result<Option<Value>, A::Error> {
+    use de::Error;
+    let v = match key {
+        "$oid" => {
+            let s: String = map.next_value()?;
+            Value::ObjectId(
+                ObjectId::parse_hex(&s)
+                    .ok_or_else(|| A::Error::custom(format!("$oid: '{s}' is not 24 hex digits")))?,
+            )
+        }
+        "$numberInt" => {
+            let s: String = map.next_value()?;
+            Value::Int32(
+                s.parse()
+                    .map_err(|_| A::Error::custom(format!("$numberInt: '{s}' is not an int32")))?,
+            )
+        }
+        "$numberLong" => {
+            let s: String = map.next_value()?;
+            Value::Int64(
+                s.parse()
+                    .map_err(|_| A::Error::custom(format!("$numberLong: '{s}' is not an int64")))?,
+            )
+        }
+        "$numberDouble" => {
+            let s: String = map.next_value()?;
+            Value::Double(parse_double_text(&s).ok_or_else(|| {
+                A::Error::custom(format!("$numberDouble: '{s}' is not a double"))
+            })?)
+        }
+        "$numberDecimal" => {
+            let s: String = map.next_value()?;
+            Value::Decimal(
+                s.parse()
+                    .map_err(|_| A::Error::custom(format!("$numberDecimal: '{s}' is not a decimal")))?,
+            )
+        }
+        "$date" => {
+            let v = map.next_value_seed(ValueSeed)?;
+            Value::Date(match &v {
+                Value::String(s) => crate::value::extjson::parse_iso_date(s).ok_or_else(|| {
+                    A::Error::custom(format!("$date: '{s}' is not an ISO-8601 date"))
+                })?,
+                Value::Int64(n) => *n,
+                Value::Int32(n) => *n as i64,
+                Value::Double(n) if n.fract() == 0.0 => *n as i64,
+                _ => {
+                    return Err(A::Error::custom(
+                        "$date: expected an ISO-8601 string or {\"$numberLong\": \"<millis>\"}",
+                    ))
+                }
+            })
+        }
+        "$binary" => {
+            let v = map.next_value_seed(ValueSeed)?;
+            match v {
+                Value::Document(d) => {
+                    let b64 = d.get("base64").and_then(Value::as_str).ok_or_else(|| {
+                        A::Error::custom("$binary: missing string field 'base64'")
+                    })?;
+                    let sub = d.get("subType").and_then(Value::as_str).unwrap_or("00");
+                    binary_value(b64, sub).map_err(A::Error::custom)?
+                }
+                Value::String(b64) => {
+                    // Legacy form {"$binary": "<base64>", "$type": "<hex>"}.
+                    let sub = match map.next_key::<KeyBuf>()? {
+                        Some(KeyBuf(k)) if k == "$type" => map.next_value::<String>()?,
+                        _ => return Err(A::Error::custom("$binary: expected '$type' after it")),
+                    };
+                    binary_value(&b64, &sub).map_err(A::Error::custom)?
+                }
+                _ => return Err(A::Error::custom("$binary: expected an object")),
+            }
+        }
+        "$uuid" => {
+            let s: String = map.next_value()?;
+            let hexs: String = s.chars().filter(|c| *c != '-').collect();
+            let bytes = hex::decode(&hexs)
+                .ok()
+                .filter(|b| b.len() == 16)
+                .ok_or_else(|| A::Error::custom(format!("$uuid: '{s}' is not a UUID")))?;
+            Value::Binary(Box::new(Binary { subtype: 4, bytes }))
+        }
+        "$timestamp" => {
+            let v = map.next_value_seed(ValueSeed)?;
+            let d = v
+                .as_document()
+                .ok_or_else(|| A::Error::custom("$timestamp: expected {\"t\": .., \"i\": ..}"))?;
+            let get = |k: &str| {
+                d.get(k)
+                    .and_then(Value::as_i64_exact)
+                    .and_then(|n| u32::try_from(n).ok())
+            };
+            match (get("t"), get("i")) {
+                (Some(t), Some(i)) => Value::Timestamp(Timestamp { t, i }),
+                _ => return Err(A::Error::custom("$timestamp: 't' and 'i' must be uint32")),
+            }
+        }
+        "$regularExpression" => {
+            let v = map.next_value_seed(ValueSeed)?;
+            let d = v.as_document().ok_or_else(|| {
+                A::Error::custom("$regularExpression: expected {\"pattern\": .., \"options\": ..}")
+            })?;
+            let pattern = d.get("pattern").and_then(Value::as_str).unwrap_or_default();
+            let options = d.get("options").and_then(Value::as_str).unwrap_or_default();
+            Value::Regex(Box::new(Regex {
+                pattern: pattern.to_string(),
+                options: sorted_options(options),
+            }))
+        }
+        "$minKey" => {
+            let _: de::IgnoredAny = map.next_value()?;
+            Value::MinKey
+        }
+        "$maxKey" => {
+            let _: de::IgnoredAny = map.next_value()?;
+            Value::MaxKey
+        }
+        "$undefined" => {
+            let _: de::IgnoredAny = map.next_value()?;
+            Value::Undefined
+        }
+        "$symbol" => Value::String(Str::from(map.next_value::<String>()?)),
+        _ => return Ok(None),
+    };
+    if map.next_key::<KeyBuf>()?.is_some() {
+        return Err(A::Error::custom(format!(
+            "Extended JSON {key} must be the only key of its object"
+        )));
+    }
+    Ok(Some(v))
+}
+
+fn binary_value(b64: &str, subtype_hex: &str) -> Result<Value, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("$binary: invalid base64: {e}"))?;
+    let subtype = u8::from_str_radix(subtype_hex, 16)
+        .map_err(|_| format!("$binary: subType '{subtype_hex}' is not a hex byte"))?;
+    Ok(Value::Binary(Box::new(Binary { subtype, bytes })))
+}
+
+pub(crate) fn sorted_options(opts: &str) -> String {
+    let mut c: Vec<char> = opts.chars().collect();
+    c.sort_unstable();
+    c.dedup();
+    c.into_iter().collect()
+}
+
+fn parse_double_text(s: &str) -> Option<f64> {
+    match s {
+        "Infinity" => Some(f64::INFINITY),
+        "-Infinity" => Some(f64::NEG_INFINITY),
+        "NaN" => Some(f64::NAN),
+        _ => s.parse().ok(),
+    }
+}
+
+/// Parses an ISO-8601 / RFC 3339 date-time (`2024-01-31T10:00:00Z`,
+/// `2024-01-31T10:00:00.123+02:00`, or a bare date `2024-01-31`) into epoch millis.
+pub fn parse_iso_date(s: &str) -> Option<i64> {
+    if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(dt.timestamp_millis());
+    }
+    let fmts = [
+        "%Y-%m-%dT%H:%M:%S%.f%#z",
+        "%Y-%m-%dT%H:%M:%S%#z",
+        "%Y-%m-%dT%H:%M%#z",
+    ];
+    for f in fmts {
+        if let Ok(dt) = chrono::DateTime::parse_from_str(s, f) {
+            return Some(dt.timestamp_millis());
+        }
+    }
+    let naive_fmts = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f"];
+    for f in naive_fmts {
+        if let Ok(dt) = chrono::NaiveDateTime::parse_from_str(s, f) {
+            return Some(dt.and_utc().timestamp_millis());
+        }
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|dt| dt.and_utc().timestamp_millis())
+}
+
+/// Formats epoch millis as `YYYY-MM-DDTHH:MM:SS[.mmm]Z` (milliseconds only when non-zero).
+pub fn format_iso_date(millis: i64) -> Option<String> {
+    let dt = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(millis)?;
+    Some(if millis.rem_euclid(1000) == 0 {
+        dt.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    } else {
+        dt.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    })
+}
+
+pub(crate) fn write_document(out: &mut String, d: &Document, mode: ExtJsonMode) {
+    out.push('{');
+    for (i, (k, v)) in d.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_str(out, k);
+        out.push(':');
+        write_value(out, v, mode);
+    }
+    out.push('}');
+}
+
+pub(crate) fn write_value(out: &mut String, v: &Value, mode: ExtJsonMode) {
+    let canonical = mode == ExtJsonMode::Canonical;
+    match v {
+        Value::Missing | Value::Null => out.push_str("null"),
+        Value::Undefined => out.push_str(r#"{"$undefined":true}"#),
+        Value::MinKey => out.push_str(r#"{"$minKey":1}"#),
+        Value::MaxKey => out.push_str(r#"{"$maxKey":1}"#),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int32(n) => {
+            if canonical {
+                let _ = write!(out, r#"{{"$numberInt":"{n}"}}"#);
+            } else {
+                out.push_str(itoa::Buffer::new().format(*n));
+            }
+        }
+        Value::Int64(n) => {
+            if canonical {
+                let _ = write!(out, r#"{{"$numberLong":"{n}"}}"#);
+            } else {
+                out.push_str(itoa::Buffer::new().format(*n));
+            }
+        }
+        Value::Double(n) => {
+            if !n.is_finite() {
+                let s = if n.is_nan() {
+                    "NaN"
+                } else if *n > 0.0 {
+                    "Infinity"
+                } else {
+                    "-Infinity"
+                };
+                let _ = write!(out, r#"{{"$numberDouble":"{s}"}}"#);
+            } else if canonical {
+                out.push_str(r#"{"$numberDouble":""#);
+                write_f64(out, *n);
+                out.push_str(r#""}"#);
+            } else {
+                write_f64(out, *n);
+            }
+        }
+        Value::Decimal(d) => {
+            let _ = write!(out, r#"{{"$numberDecimal":"{d}"}}"#);
+        }
+        Value::String(s) => write_str(out, s),
+        Value::Date(ms) => match format_iso_date(*ms) {
+            Some(iso) if !canonical && (0..=253_402_300_799_999).contains(ms) => {
+                let _ = write!(out, r#"{{"$date":"{iso}"}}"#);
+            }
+            _ => {
+                let _ = write!(out, r#"{{"$date":{{"$numberLong":"{ms}"}}}}"#);
+            }
+        },
+        Value::ObjectId(o) => {
+            let _ = write!(out, r#"{{"$oid":"{}"}}"#, o.to_hex());
+        }
+        Value::Binary(b) => {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&b.bytes);
+            let _ = write!(
+                out,
+                r#"{{"$binary":{{"base64":"{b64}","subType":"{:02x}"}}}}"#,
+                b.subtype
+            );
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_value(out, item, mode);
+            }
+            out.push(']');
+        }
+        Value::Document(d) => write_document(out, d, mode),
+        Value::Timestamp(t) => {
+            let _ = write!(out, r#"{{"$timestamp":{{"t":{},"i":{}}}}}"#, t.t, t.i);
+        }
+        Value::Regex(r) => {
+            out.push_str(r#"{"$regularExpression":{"pattern":"#);
+            write_str(out, &r.pattern);
+            out.push_str(r#","options":"#);
+            write_str(out, &r.options);
+            out.push_str("}}");
+        }
+    }
+}
+
+/// Shortest round-trip text of a finite double, always with a `.` or exponent so it
+/// reads back as a double (`15.0`, `1e+300`).
+fn write_f64(out: &mut String, n: f64) {
+    let mut buf = ryu::Buffer::new();
+    let s = buf.format_finite(n);
+    out.push_str(s);
+}
+
+fn write_str(out: &mut String, s: &str) {
+    out.push('"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => {
+                out.push_str(&s[start..i]);
+                let _ = write!(out, "\\u{:04x}", b);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        out.push_str(esc);
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
