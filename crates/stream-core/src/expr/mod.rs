@@ -356,6 +356,13 @@ fn operator_table() -> &'static HashMap<&'static str, CompileFn> {
     })
 }
 
+/// Names of every expression operator, sorted (for documentation and tooling).
+pub fn operator_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = operator_table().keys().copied().collect();
+    names.sort_unstable();
+    names
+}
+
 /// True when `name` (with its `$`) is a known expression operator.
 pub fn is_operator(name: &str) -> bool {
     operator_table().contains_key(name)

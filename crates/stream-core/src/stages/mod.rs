@@ -116,6 +116,13 @@ pub fn compile_stages(stages: &Value, path: &str, cx: &mut CompileCtx) -> Result
         .collect()
 }
 
+/// Names of every supported stage, sorted (for documentation and tooling).
+pub fn stage_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = stage_table().keys().copied().collect();
+    names.sort_unstable();
+    names
+}
+
 /// True when `name` is a known stage.
 pub fn is_stage(name: &str) -> bool {
     stage_table().contains_key(name)

@@ -526,3 +526,69 @@ fn write_str(out: &mut String, s: &str) {
     out.push_str(&s[start..]);
     out.push('"');
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_take_the_narrowest_type() {
+        assert!(parse_value("1").unwrap().identical(&Value::Int32(1)));
+        assert!(parse_value("3000000000").unwrap().identical(&Value::Int64(3_000_000_000)));
+        assert!(parse_value("1.0").unwrap().identical(&Value::Double(1.0)));
+        assert!(parse_value("1e2").unwrap().identical(&Value::Double(100.0)));
+        assert!(parse_value("18446744073709551615").unwrap().identical(&Value::Double(1.8446744073709552e19)));
+    }
+
+    #[test]
+    fn typed_markers_are_read() {
+        let v = parse_value(
+            r#"{"a": {"$numberLong": "5"}, "b": {"$date": "2024-01-31T10:00:00.250Z"},
+                "c": {"$oid": "65a1b2c3d4e5f60718293a4b"}, "d": {"$numberDecimal": "1.10"},
+                "e": {"$binary": "AQI=", "$type": "00"}, "f": {"$date": {"$numberLong": "-1000"}},
+                "q": {"$regex": "^a", "$options": "i"}}"#,
+        )
+        .unwrap();
+        let d = v.as_document().unwrap();
+        assert!(d.get("a").unwrap().identical(&Value::Int64(5)));
+        assert!(d.get("b").unwrap().identical(&Value::Date(1_706_695_200_250)));
+        assert_eq!(d.get("c").unwrap().type_name(), "objectId");
+        assert_eq!(d.get("d").unwrap().to_json(), r#"{"$numberDecimal":"1.10"}"#);
+        assert_eq!(d.get("e").unwrap().to_json(), r#"{"$binary":{"base64":"AQI=","subType":"00"}}"#);
+        assert!(d.get("f").unwrap().identical(&Value::Date(-1000)));
+        // Query operators are not Extended JSON: {$regex, $options} stays a document.
+        assert_eq!(d.get("q").unwrap().type_name(), "object");
+    }
+
+    #[test]
+    fn relaxed_and_canonical_output() {
+        let d = parse_document(r#"{"n": 1, "l": {"$numberLong": "2"}, "x": 2.0, "t": {"$date": "2024-01-31T10:00:00Z"}, "inf": {"$numberDouble": "Infinity"}}"#).unwrap();
+        assert_eq!(
+            d.to_json(),
+            r#"{"n":1,"l":2,"x":2.0,"t":{"$date":"2024-01-31T10:00:00Z"},"inf":{"$numberDouble":"Infinity"}}"#
+        );
+        assert_eq!(
+            d.to_json_mode(ExtJsonMode::Canonical),
+            r#"{"n":{"$numberInt":"1"},"l":{"$numberLong":"2"},"x":{"$numberDouble":"2.0"},"t":{"$date":{"$numberLong":"1706695200000"}},"inf":{"$numberDouble":"Infinity"}}"#
+        );
+        // Dates before 1970 use the canonical form even in relaxed mode.
+        assert_eq!(Value::Date(-1).to_json(), r#"{"$date":{"$numberLong":"-1"}}"#);
+    }
+
+    #[test]
+    fn strings_are_escaped() {
+        let v = Value::string("a\"b\\c\n\u{1}é");
+        assert_eq!(v.to_json(), r#""a\"b\\c\n\u0001é""#);
+        assert!(parse_value(&v.to_json()).unwrap().identical(&v));
+    }
+
+    #[test]
+    fn bad_markers_say_what_is_wrong() {
+        let e = parse_value(r#"{"$oid": "xyz"}"#).unwrap_err().to_string();
+        assert!(e.contains("$oid: 'xyz' is not 24 hex digits"), "{e}");
+        let e = parse_value(r#"{"$date": "yesterday"}"#).unwrap_err().to_string();
+        assert!(e.contains("not an ISO-8601 date"), "{e}");
+        let e = parse_value(r#"{"$numberLong": "1", "x": 2}"#).unwrap_err().to_string();
+        assert!(e.contains("must be the only key"), "{e}");
+    }
+}
