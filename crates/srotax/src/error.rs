@@ -59,12 +59,14 @@ pub enum CliError {
     #[error("cannot write output: {0}")]
     WriteOutput(#[source] io::Error),
     /// The run completed, but some input lines or documents failed (each was reported).
-    #[error("{failed} of {total} input document(s) failed (see the errors above)")]
+    #[error("{}", documents_failed(*failed, *total, *at_end))]
     DocumentsFailed {
-        /// Input lines/documents that failed, plus failures at the end of the input.
+        /// Input lines/documents that failed.
         failed: u64,
         /// Input lines/documents read.
         total: u64,
+        /// Documents that failed when blocking stages emitted at the end of the input.
+        at_end: u64,
     },
 }
 
@@ -81,4 +83,13 @@ impl CliError {
             CliError::DocumentsFailed { .. } => EXIT_DOCUMENTS_FAILED,
         }
     }
+}
+
+fn documents_failed(failed: u64, total: u64, at_end: u64) -> String {
+    let mut msg = format!("{failed} of {total} input document(s) failed");
+    if at_end > 0 {
+        msg.push_str(&format!(", {at_end} document(s) failed at the end of the input"));
+    }
+    msg.push_str(" (see the errors above); the others were processed");
+    msg
 }

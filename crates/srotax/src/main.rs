@@ -1,1 +1,125 @@
-fn main() {}
+//! `srotax`: the SrotaX command-line tool.
+//!
+//! - `srotax eval --pipeline P.json [--input DOCS] [--output OUT]` runs a pipeline over
+//!   a finite input (rule-engine mode) and writes JSON Lines.
+//! - `srotax validate P.json` compiles a pipeline and reports its stages or the error.
+//!
+//! Exit codes: 0 success, 1 I/O error, 2 invalid pipeline, 3 some input lines or
+//! documents failed (each is reported on stderr; the others were processed).
+//! Diagnostics go through `tracing`; set `RUST_LOG=debug` to see them.
+
+mod error;
+mod eval;
+mod pipeline_file;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use error::{CliError, EXIT_OK};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use stream_core::value::ExtJsonMode;
+
+/// SrotaX: MongoDB aggregation pipelines over JSON documents and streams.
+#[derive(Debug, Parser)]
+#[command(name = "srotax", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline over JSON Lines or a JSON array and write JSON Lines.
+    ///
+    /// Exit codes: 0 ok, 1 I/O error, 2 invalid pipeline, 3 some input lines or
+    /// documents failed (reported on stderr; the others were processed).
+    Eval {
+        /// Pipeline file: a JSON array of stages, or {"pipeline": [...]}.
+        #[arg(short, long, value_name = "FILE")]
+        pipeline: PathBuf,
+        /// Input documents: JSON Lines, or a JSON array (first character '['). Default
+        /// or '-': stdin.
+        #[arg(short, long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// Output file for the resulting JSON Lines. Default or '-': stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Extended JSON flavour of the output.
+        #[arg(long, value_enum, default_value_t = OutputMode::Relaxed)]
+        ext_json: OutputMode,
+    },
+    /// Check that a pipeline compiles; print its stages.
+    ///
+    /// Exit codes: 0 valid, 1 unreadable file, 2 invalid pipeline.
+    Validate {
+        /// Pipeline file: a JSON array of stages, or {"pipeline": [...]}.
+        #[arg(value_name = "FILE")]
+        pipeline: PathBuf,
+    },
+}
+
+/// Extended JSON output flavour.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OutputMode {
+    /// Plain JSON numbers where lossless; dates as `{"$date": "...Z"}`.
+    Relaxed,
+    /// Every type explicit: `{"$numberInt": "1"}`.
+    Canonical,
+}
+
+impl From<OutputMode> for ExtJsonMode {
+    fn from(m: OutputMode) -> Self {
+        match m {
+            OutputMode::Relaxed => ExtJsonMode::Relaxed,
+            OutputMode::Canonical => ExtJsonMode::Canonical,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Eval {
+            pipeline,
+            input,
+            output,
+            ext_json,
+        } => {
+            let pipeline = pipeline_file::load(&pipeline)?;
+            let opts = eval::EvalOptions {
+                input,
+                output,
+                mode: ext_json.into(),
+            };
+            eval::eval(&pipeline, &opts).map(|_| ())
+        }
+        Command::Validate { pipeline } => {
+            let pipeline = pipeline_file::load(&pipeline)?;
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{}", pipeline_file::summary(&pipeline)).map_err(CliError::WriteOutput)
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: warnings and errors only).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Ignore the error: a subscriber may already be installed (never the case in `main`).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

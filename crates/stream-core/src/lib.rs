@@ -23,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+pub mod deps;
 pub mod error;
 pub mod expr;
 pub mod functions;

@@ -5,7 +5,8 @@ use crate::error::{CompileError, EvalError, StageError};
 use crate::expr::{CompileCtx, Env};
 use crate::functions::FunctionRegistry;
 use crate::stages::{compile_stages, Stage};
-use crate::value::{parse_value, Document, ExtJsonError, Value};
+use crate::deps::input_fields;
+use crate::value::{parse_value, Document, ExtJsonError, Str, Value};
 use std::sync::Arc;
 
 /// Failure of the `*_json` conveniences: bad JSON, an invalid pipeline, or a document
@@ -48,12 +49,14 @@ pub enum PipelineError {
 #[derive(Debug)]
 pub struct Pipeline {
     stages: Vec<Box<dyn Stage>>,
+    input_fields: Option<Arc<[Str]>>,
 }
 
 impl Clone for Pipeline {
     fn clone(&self) -> Self {
         Pipeline {
             stages: self.stages.iter().map(|s| s.fresh()).collect(),
+            input_fields: self.input_fields.clone(),
         }
     }
 }
@@ -80,9 +83,18 @@ impl Pipeline {
             other => other,
         };
         let mut cx = CompileCtx::new(functions);
+        let compiled = compile_stages(stages, "pipeline", &mut cx)?;
         Ok(Pipeline {
-            stages: compile_stages(stages, "pipeline", &mut cx)?,
+            stages: compiled,
+            input_fields: stages.as_array().and_then(input_fields).map(Arc::from),
         })
+    }
+
+    /// The top-level input fields the pipeline can observe, or `None` when it may read
+    /// any. Readers may parse only these ([`crate::value::parse_document_fields`]): the
+    /// results are the same, and parsing is faster.
+    pub fn input_fields(&self) -> Option<&[Str]> {
+        self.input_fields.as_deref()
     }
 
     /// Parses and compiles pipeline JSON text.

@@ -15,7 +15,7 @@
 //! `CONFORMANCE_FILTER=substring` runs only the cases whose `file::name` contains it.
 
 use std::path::{Path, PathBuf};
-use stream_core::value::{parse_value, Document, Value};
+use stream_core::value::{parse_document_fields, parse_value, Document, ExtJsonMode, Value};
 use stream_core::Pipeline;
 
 fn corpus_dir() -> PathBuf {
@@ -110,6 +110,30 @@ fn run_case(case: &Document) -> Result<(), String> {
             "output mismatch\n      expected: {}\n      actual:   {}",
             show(&expected),
             show(&result.documents)
+        ));
+    }
+    check_projection_pushdown(&pipeline, case, &result)
+}
+
+/// Parsing only `Pipeline::input_fields` must not change any result.
+fn check_projection_pushdown(pipeline: &Pipeline, case: &Document, full: &stream_core::BatchResult) -> Result<(), String> {
+    let Some(fields) = pipeline.input_fields() else {
+        return Ok(());
+    };
+    let input = docs_of(case.get("input"), "input")?;
+    let projected = input
+        .iter()
+        .map(|d| parse_document_fields(&d.to_json_mode(ExtJsonMode::Canonical), fields))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("projected parse failed: {e}"))?;
+    let result = pipeline.run(projected);
+    if result.errors.len() != full.errors.len() || !same_docs(&result.documents, &full.documents, false) {
+        return Err(format!(
+            "projection pushdown to {fields:?} changed the result\n      full:      {} {:?}\n      projected: {} {:?}",
+            show(&full.documents),
+            full.errors,
+            show(&result.documents),
+            result.errors
         ));
     }
     Ok(())

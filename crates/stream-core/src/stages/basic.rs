@@ -1,4 +1,7 @@
-//! Document-at-a-time stages: `$match`, `$limit`, `$skip`, ...
+//! Document-at-a-time stages: `$match`, `$limit`, `$skip`, `$project`, `$addFields` /
+//! `$set`, `$unset`, ...
+
+mod projection;
 
 use super::{Stage, StageCompileFn};
 use crate::error::{CompileError, EvalError};
@@ -12,6 +15,10 @@ pub(crate) const STAGES: &[(&str, StageCompileFn)] = &[
     ("$match", compile_match),
     ("$limit", compile_limit),
     ("$skip", compile_skip),
+    ("$project", projection::compile_project),
+    ("$addFields", projection::compile_add_fields),
+    ("$set", projection::compile_set),
+    ("$unset", projection::compile_unset),
 ];
 
 #[derive(Debug, Clone)]

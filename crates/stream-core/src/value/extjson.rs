@@ -9,6 +9,7 @@
 use super::{Binary, Document, ObjectId, Regex, Str, Timestamp, Value};
 use base64::Engine;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use chrono::Datelike;
 use std::fmt::{self, Write};
 
 /// Output flavour of Extended JSON.
@@ -42,6 +43,40 @@ pub fn parse_document(text: &str) -> Result<Document, ExtJsonError> {
             "expected a JSON object, found {}",
             other.type_name()
         )))),
+    }
+}
+
+/// Parses one JSON object, keeping only the top-level fields named in `fields` (the
+/// others are skipped without being built). Used with [`crate::Pipeline::input_fields`].
+pub fn parse_document_fields(text: &str, fields: &[Str]) -> Result<Document, ExtJsonError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let doc = de::Deserializer::deserialize_map(&mut de, ProjectedVisitor { fields })?;
+    de.end()?;
+    Ok(doc)
+}
+
+struct ProjectedVisitor<'f> {
+    fields: &'f [Str],
+}
+
+impl<'de> Visitor<'de> for ProjectedVisitor<'_> {
+    type Value = Document;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Document, A::Error> {
+        let mut doc = Document::with_capacity(self.fields.len());
+        while let Some(KeyBuf(k)) = map.next_key()? {
+            if self.fields.contains(&k) {
+                let v = map.next_value_seed(ValueSeed)?;
+                doc.push_json_field(k, v);
+            } else {
+                map.next_value::<de::IgnoredAny>()?;
+            }
+        }
+        Ok(doc)
     }
 }
 
@@ -355,6 +390,9 @@ fn parse_double_text(s: &str) -> Option<f64> {
 /// Parses an ISO-8601 / RFC 3339 date-time (`2024-01-31T10:00:00Z`,
 /// `2024-01-31T10:00:00.123+02:00`, or a bare date `2024-01-31`) into epoch millis.
 pub fn parse_iso_date(s: &str) -> Option<i64> {
+    if let Some(ms) = parse_utc_date_fast(s) {
+        return Some(ms);
+    }
     if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(s) {
         return Some(dt.timestamp_millis());
     }
@@ -378,6 +416,49 @@ pub fn parse_iso_date(s: &str) -> Option<i64> {
         .ok()
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|dt| dt.and_utc().timestamp_millis())
+}
+
+/// The common shape `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`, parsed without allocating; dates in
+/// event streams are nearly always in this form. Anything else returns `None`.
+fn parse_utc_date_fast(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let mut n = 0i64;
+        for &c in &b[r] {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            n = n * 10 + i64::from(c - b'0');
+        }
+        Some(n)
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut millis = 0;
+    let rest = match b[19] {
+        b'.' => {
+            let digits = b[20..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if digits == 0 || digits > 9 {
+                return None;
+            }
+            let frac = num(20..20 + digits)?;
+            millis = frac * 1000 / 10i64.pow(digits as u32);
+            &b[20 + digits..]
+        }
+        _ => &b[19..],
+    };
+    if rest != b"Z" {
+        return None;
+    }
+    let date = chrono::NaiveDate::from_ymd_opt(year as i32, month as u32, day as u32)?;
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let days = i64::from(date.num_days_from_ce()) - 719_163; // days from 0001-01-01 to 1970-01-01
+    Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis)
 }
 
 /// Formats epoch millis as `YYYY-MM-DDTHH:MM:SS[.mmm]Z` (milliseconds only when non-zero).
@@ -573,6 +654,31 @@ mod tests {
         );
         // Dates before 1970 use the canonical form even in relaxed mode.
         assert_eq!(Value::Date(-1).to_json(), r#"{"$date":{"$numberLong":"-1"}}"#);
+    }
+
+    #[test]
+    fn fast_and_general_date_parsers_agree() {
+        for s in [
+            "2024-01-31T10:00:00Z",
+            "2024-02-29T23:59:59.999Z",
+            "1969-12-31T23:59:59.5Z",
+            "0001-01-01T00:00:00Z",
+            "2024-01-31T10:00:00.123456789Z",
+        ] {
+            let general = chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis();
+            assert_eq!(parse_utc_date_fast(s), Some(general), "{s}");
+        }
+        assert_eq!(parse_utc_date_fast("2023-02-29T00:00:00Z"), None);
+        assert_eq!(parse_iso_date("2024-01-31T10:00:00+01:00"), Some(1_706_691_600_000));
+    }
+
+    #[test]
+    fn projected_parse_keeps_only_named_fields() {
+        let fields = [Str::from("b"), Str::from("d")];
+        let d = parse_document_fields(r#"{"a": {"x": [1, 2]}, "b": 2, "c": "s", "d": {"$numberLong": "4"}}"#, &fields).unwrap();
+        assert_eq!(d.to_json(), r#"{"b":2,"d":4}"#);
+        assert!(parse_document_fields("[1]", &fields).is_err());
+        assert!(parse_document_fields(r#"{"a": }"#, &fields).is_err());
     }
 
     #[test]
