@@ -68,7 +68,8 @@ fn assert_code(o: &Output, code: i32) {
     );
 }
 
-const PAID_PIPELINE: &str = r#"[{"$match": {"status": "PAID"}}, {"$set": {"net": {"$multiply": ["$amount", 2]}}}]"#;
+const PAID_PIPELINE: &str =
+    r#"[{"$match": {"status": "PAID"}}, {"$set": {"net": {"$multiply": ["$amount", 2]}}}]"#;
 const ORDERS: &str = r#"{"id": 1, "status": "PAID", "amount": 10}
 {"id": 2, "status": "NEW", "amount": 5}
 {"id": 3, "status": "PAID", "amount": 2.5}
@@ -80,7 +81,13 @@ fn eval_reads_a_file_and_writes_json_lines() {
     let p = write(&dir, "p.json", PAID_PIPELINE);
     let input = write(&dir, "orders.jsonl", ORDERS);
     let o = srotax(
-        &["eval", "--pipeline", p.to_str().unwrap(), "--input", input.to_str().unwrap()],
+        &[
+            "eval",
+            "--pipeline",
+            p.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
         "",
     );
     assert_code(&o, 0);
@@ -97,7 +104,11 @@ fn eval_reads_a_file_and_writes_json_lines() {
 #[test]
 fn eval_reads_stdin_by_default_and_accepts_a_pipeline_object() {
     let dir = scratch("stdin");
-    let p = write(&dir, "p.json", &format!(r#"{{"pipeline": {PAID_PIPELINE}}}"#));
+    let p = write(
+        &dir,
+        "p.json",
+        &format!(r#"{{"pipeline": {PAID_PIPELINE}}}"#),
+    );
     let o = srotax(&["eval", "-p", p.to_str().unwrap()], ORDERS);
     assert_code(&o, 0);
     assert_eq!(lines(&o).len(), 2);
@@ -112,7 +123,16 @@ fn eval_writes_an_output_file() {
     let dir = scratch("output");
     let p = write(&dir, "p.json", PAID_PIPELINE);
     let out = dir.join("out.jsonl");
-    let o = srotax(&["eval", "-p", p.to_str().unwrap(), "-o", out.to_str().unwrap()], ORDERS);
+    let o = srotax(
+        &[
+            "eval",
+            "-p",
+            p.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        ORDERS,
+    );
     assert_code(&o, 0);
     assert_eq!(stdout(&o), "");
     let written = std::fs::read_to_string(&out).expect("output file");
@@ -144,7 +164,11 @@ fn eval_reports_a_non_document_array_element_and_continues() {
     let o = srotax(&["eval", "-p", p.to_str().unwrap()], input);
     assert_code(&o, 3);
     assert_eq!(lines(&o).len(), 2);
-    assert!(stderr(&o).contains("input document 2: expected a JSON object"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("input document 2: expected a JSON object"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -177,7 +201,10 @@ fn eval_reads_and_writes_extended_json_dates() {
 fn eval_canonical_output() {
     let dir = scratch("canonical");
     let p = write(&dir, "p.json", "[]");
-    let o = srotax(&["eval", "-p", p.to_str().unwrap(), "--ext-json", "canonical"], r#"{"a": 1, "b": 2.5}"#);
+    let o = srotax(
+        &["eval", "-p", p.to_str().unwrap(), "--ext-json", "canonical"],
+        r#"{"a": 1, "b": 2.5}"#,
+    );
     assert_code(&o, 0);
     assert_eq!(
         lines(&o),
@@ -197,13 +224,20 @@ fn invalid_pipeline_exits_2_and_names_the_path() {
     assert_code(&o, 2);
     assert_eq!(stdout(&o), "");
     let err = stderr(&o);
-    assert!(err.starts_with("error: invalid pipeline: pipeline[1].$group.total: "), "{err}");
+    assert!(
+        err.starts_with("error: invalid pipeline: pipeline[1].$group.total: "),
+        "{err}"
+    );
     assert!(err.contains("$summ"), "{err}");
 
     let p = write(&dir, "unknown.json", r#"[{"$mtch": {}}]"#);
     let o = srotax(&["eval", "-p", p.to_str().unwrap()], "");
     assert_code(&o, 2);
-    assert!(stderr(&o).contains("pipeline[0].$mtch: unknown stage '$mtch'"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("pipeline[0].$mtch: unknown stage '$mtch'"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -212,7 +246,11 @@ fn pipeline_that_is_not_json_exits_2() {
     let p = write(&dir, "p.json", r#"[{"$match": "#);
     let o = srotax(&["eval", "-p", p.to_str().unwrap()], "");
     assert_code(&o, 2);
-    assert!(stderr(&o).starts_with("error: invalid pipeline: "), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("error: invalid pipeline: "),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -238,8 +276,14 @@ fn runtime_error_affects_only_that_document() {
         ]
     );
     let err = stderr(&o);
-    assert!(err.contains("error: input document 2 (line 2): stage 2 ($set) at pipeline[1]: $divide"), "{err}");
-    assert!(err.contains("error: input document 3 (line 3): stage 2 ($set) at pipeline[1]: $toInt"), "{err}");
+    assert!(
+        err.contains("error: input document 2 (line 2): stage 2 ($set) at pipeline[1]: $divide"),
+        "{err}"
+    );
+    assert!(
+        err.contains("error: input document 3 (line 3): stage 2 ($set) at pipeline[1]: $toInt"),
+        "{err}"
+    );
     assert!(!err.contains("input document 1 "), "{err}");
     assert!(!err.contains("input document 4 "), "{err}");
 }
@@ -263,13 +307,30 @@ fn missing_input_file_is_an_io_error() {
     let dir = scratch("io");
     let p = write(&dir, "p.json", "[]");
     let missing = dir.join("missing.jsonl");
-    let o = srotax(&["eval", "-p", p.to_str().unwrap(), "-i", missing.to_str().unwrap()], "");
+    let o = srotax(
+        &[
+            "eval",
+            "-p",
+            p.to_str().unwrap(),
+            "-i",
+            missing.to_str().unwrap(),
+        ],
+        "",
+    );
     assert_code(&o, 1);
-    assert!(stderr(&o).contains("cannot open input file"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot open input file"),
+        "{}",
+        stderr(&o)
+    );
 
     let o = srotax(&["validate", missing.to_str().unwrap()], "");
     assert_code(&o, 1);
-    assert!(stderr(&o).contains("cannot read pipeline file"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot read pipeline file"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -306,5 +367,9 @@ fn validate_failure_exits_2() {
     let o = srotax(&["validate", p.to_str().unwrap()], "");
     assert_code(&o, 2);
     assert_eq!(stdout(&o), "");
-    assert!(stderr(&o).starts_with("error: invalid pipeline: pipeline[1].$skip"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("error: invalid pipeline: pipeline[1].$skip"),
+        "{}",
+        stderr(&o)
+    );
 }

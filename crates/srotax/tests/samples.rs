@@ -17,13 +17,20 @@ fn readme_sample_args() -> Vec<String> {
         .map(str::trim)
         .find(|l| l.starts_with(prefix))
         .unwrap_or_else(|| panic!("README.md has no line starting with `{prefix}`"));
-    line[prefix.len()..].split_whitespace().map(str::to_string).collect()
+    line[prefix.len()..]
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
 fn readme_sample_command_gives_the_expected_output() {
     let args = readme_sample_args();
-    assert_eq!(args.first().map(String::as_str), Some("eval"), "sample command: {args:?}");
+    assert_eq!(
+        args.first().map(String::as_str),
+        Some("eval"),
+        "sample command: {args:?}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_srotax"))
         .args(&args)
         .current_dir(repo_root())
@@ -33,8 +40,8 @@ fn readme_sample_command_gives_the_expected_output() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "srotax {args:?} failed: {stderr}");
     assert_eq!(stderr, "");
-    let expected =
-        std::fs::read_to_string(repo_root().join("samples/orders-ltv/expected.jsonl")).expect("read expected.jsonl");
+    let expected = std::fs::read_to_string(repo_root().join("samples/orders-ltv/expected.jsonl"))
+        .expect("read expected.jsonl");
     let actual = String::from_utf8_lossy(&out.stdout);
     let expected: Vec<&str> = expected.lines().collect();
     let actual: Vec<&str> = actual.lines().collect();

@@ -105,7 +105,19 @@ fn collect_paths(v: &Value, fields: &mut Vec<Str>) -> Option<()> {
             }
         }
         Value::Document(d) => {
-            for (_, item) in d.iter() {
+            // The short form `{$getField: <name>}` reads a field of `$$CURRENT` by name.
+            if let Some(arg) = d.get("$getField") {
+                if !arg.as_document().is_some_and(|a| a.contains_key("input")) {
+                    return None;
+                }
+            }
+            for (k, item) in d.iter() {
+                // `$top`/`$bottom`/`$topN`/`$bottomN` name their sort fields without `$`.
+                if let ("sortBy", Value::Document(sort)) = (k.as_str(), item) {
+                    for (field, _) in sort.iter() {
+                        add(fields, field);
+                    }
+                }
                 collect_paths(item, fields)?;
             }
         }
@@ -167,5 +179,7 @@ mod tests {
         assert_eq!(fields(r#"[{"$project": {"a": 0}}]"#), None);
         assert_eq!(fields(r#"[{"$group": {"_id": null, "all": {"$push": "$$ROOT"}}}]"#), None);
         assert_eq!(fields(r#"[{"$redact": "$$KEEP"}, {"$count": "n"}]"#), None);
+        assert_eq!(fields(r#"[{"$project": {"x": {"$getField": "a.b"}}}]"#), None);
+        assert_eq!(fields(r#"[{"$project": {"r": {"$getField": "a.b"}}}]"#), None);
     }
 }

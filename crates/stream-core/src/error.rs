@@ -31,13 +31,25 @@ impl CompileError {
 pub struct EvalError {
     /// What went wrong, starting with the operator: `$divide: cannot divide by zero`.
     pub message: String,
+    /// True when retrying the same document may succeed (an unavailable service called
+    /// by a stage); false for bad data, which fails the same way every time.
+    pub transient: bool,
 }
 
 impl EvalError {
-    /// An evaluation error with the given message.
+    /// A permanent evaluation error (bad data) with the given message.
     pub fn new(message: impl Into<String>) -> Self {
         EvalError {
             message: message.into(),
+            transient: false,
+        }
+    }
+
+    /// A transient evaluation error: retrying the document may succeed.
+    pub fn transient(message: impl Into<String>) -> Self {
+        EvalError {
+            message: message.into(),
+            transient: true,
         }
     }
 }

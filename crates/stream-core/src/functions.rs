@@ -27,8 +27,37 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-/// A user function: takes the evaluated arguments, returns a value or an error message.
-pub type UserFunction = Arc<dyn Fn(&[Value]) -> Result<Value, String> + Send + Sync>;
+/// A user function: takes the evaluated arguments, returns a value or an error.
+pub type UserFunction = Arc<dyn Fn(&[Value]) -> Result<Value, FunctionError> + Send + Sync>;
+
+/// A failure of a user function. Plain strings convert into permanent errors (bad
+/// input); use [`FunctionError::transient`] when a retry may succeed (a service call).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionError {
+    /// What went wrong.
+    pub message: String,
+    /// True when retrying the document may succeed.
+    pub transient: bool,
+}
+
+impl FunctionError {
+    /// A failure that a retry may fix.
+    pub fn transient(message: impl Into<String>) -> Self {
+        FunctionError { message: message.into(), transient: true }
+    }
+}
+
+impl From<String> for FunctionError {
+    fn from(message: String) -> Self {
+        FunctionError { message, transient: false }
+    }
+}
+
+impl From<&str> for FunctionError {
+    fn from(message: &str) -> Self {
+        message.to_string().into()
+    }
+}
 
 /// Functions available to `$function`, by name.
 #[derive(Clone, Default)]
@@ -54,7 +83,7 @@ impl FunctionRegistry {
     pub fn register<F, E>(&mut self, name: impl Into<String>, f: F) -> &mut Self
     where
         F: Fn(&[Value]) -> Result<Value, E> + Send + Sync + 'static,
-        E: Into<String>,
+        E: Into<FunctionError>,
     {
         self.functions
             .insert(name.into(), Arc::new(move |args| f(args).map_err(Into::into)));

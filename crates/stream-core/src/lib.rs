@@ -30,8 +30,9 @@ pub mod functions;
 pub mod pipeline;
 pub mod query;
 pub mod stages;
+pub mod streaming;
 pub mod value;
 
 pub use error::{CompileError, EvalError, StageError};
-pub use pipeline::{BatchResult, Pipeline, PipelineError, PipelineRun};
+pub use pipeline::{BatchResult, Pipeline, PipelineError, PipelineRun, StageStats};
 pub use value::{Document, Value};

@@ -4,7 +4,7 @@
 use crate::error::{CompileError, EvalError, StageError};
 use crate::expr::{CompileCtx, Env};
 use crate::functions::FunctionRegistry;
-use crate::stages::{compile_stages, Stage};
+use crate::stages::{compile_stages, Stage, StageState};
 use crate::deps::input_fields;
 use crate::value::{parse_value, Document, ExtJsonError, Str, Value};
 use std::sync::Arc;
@@ -120,7 +120,7 @@ impl Pipeline {
     /// Starts a run with an explicit environment.
     pub fn start_with_env(&self, env: Env) -> PipelineRun {
         PipelineRun {
-            bufs: self.stages.iter().map(|_| Vec::new()).collect(),
+            slots: self.stages.iter().map(|_| StageSlot::default()).collect(),
             stages: self.stages.iter().map(|s| s.fresh()).collect(),
             env,
         }
@@ -159,37 +159,147 @@ impl Pipeline {
 #[derive(Debug)]
 pub struct PipelineRun {
     stages: Vec<Box<dyn Stage>>,
-    /// One reusable output buffer per stage, so pushing a document does not allocate.
-    bufs: Vec<Vec<Document>>,
+    slots: Vec<StageSlot>,
     env: Env,
 }
+
+/// Per-stage run bookkeeping: a reusable output buffer (so pushing a document does not
+/// allocate) and the stage's counters.
+#[derive(Debug, Default)]
+struct StageSlot {
+    buf: Vec<Document>,
+    stats: StageStats,
+}
+
+/// Counters of one stage in a run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StageStats {
+    /// Documents received.
+    pub documents_in: u64,
+    /// Documents emitted.
+    pub documents_out: u64,
+    /// Documents that failed in this stage.
+    pub errors: u64,
+    /// Estimated processing time in nanoseconds (one call in [`TIME_SAMPLE`] is timed).
+    pub nanos: u64,
+}
+
+/// Only one call in this many is timed: reading the clock per document would cost more
+/// than the cheap stages themselves.
+pub const TIME_SAMPLE: u64 = 32;
 
 impl PipelineRun {
     /// Pushes one document through every stage; outputs of the last stage go to `out`.
     /// Errors (at most one per derived document) go to `errors`.
     pub fn push(&mut self, doc: Document, out: &mut Vec<Document>, errors: &mut Vec<StageError>) {
-        push_from(&mut self.stages, &mut self.bufs, 0, doc, &self.env, out, errors);
+        push_from(&mut self.stages, &mut self.slots, 0, doc, &self.env, out, errors);
+    }
+
+    /// Counters per stage, in pipeline order, with the stage names.
+    pub fn stage_stats(&self) -> Vec<(&'static str, StageStats)> {
+        self.stages.iter().zip(&self.slots).map(|(s, slot)| (s.name(), slot.stats)).collect()
     }
 
     /// Ends the input: flushes blocking stages in order through the rest of the pipeline.
     pub fn finish(&mut self, out: &mut Vec<Document>, errors: &mut Vec<StageError>) {
         for i in 0..self.stages.len() {
-            let mut local = std::mem::take(&mut self.bufs[i]);
+            let mut local = std::mem::take(&mut self.slots[i].buf);
             if let Err(e) = self.stages[i].finish(&self.env, &mut local) {
+                self.slots[i].stats.errors += 1;
                 errors.push(stage_error(&*self.stages[i], i, e));
             }
+            self.slots[i].stats.documents_out += local.len() as u64;
             let (_, rest_stages) = self.stages.split_at_mut(i + 1);
-            let (_, rest_bufs) = self.bufs.split_at_mut(i + 1);
+            let (_, rest_slots) = self.slots.split_at_mut(i + 1);
             for d in local.drain(..) {
-                push_from(rest_stages, rest_bufs, i + 1, d, &self.env, out, errors);
+                push_from(rest_stages, rest_slots, i + 1, d, &self.env, out, errors);
             }
-            self.bufs[i] = local;
+            self.slots[i].buf = local;
         }
     }
 
     /// The run environment.
     pub fn env(&self) -> &Env {
         &self.env
+    }
+
+    /// State of every stage for a checkpoint (`null` for stateless stages), or `None`
+    /// when some stage cannot export its state.
+    pub fn checkpoint_state(&self) -> Result<Option<Vec<Value>>, StageError> {
+        let mut states = Vec::with_capacity(self.stages.len());
+        for (i, stage) in self.stages.iter().enumerate() {
+            match stage.checkpoint_state().map_err(|e| stage_error(&**stage, i, e))? {
+                StageState::Stateless => states.push(Value::Null),
+                StageState::State(v) => states.push(v),
+                StageState::Unsupported => return Ok(None),
+            }
+        }
+        Ok(Some(states))
+    }
+
+    /// Restores the states saved by [`PipelineRun::checkpoint_state`].
+    pub fn restore_state(&mut self, states: &[Value]) -> Result<(), StageError> {
+        if states.len() != self.stages.len() {
+            return Err(StageError {
+                stage_index: 0,
+                stage: "pipeline".into(),
+                error: EvalError::new(format!(
+                    "the checkpoint holds state for {} stages but the pipeline has {}; the pipeline changed since the checkpoint (run with --reset to start over)",
+                    states.len(),
+                    self.stages.len()
+                )),
+            });
+        }
+        for (i, (stage, state)) in self.stages.iter_mut().zip(states).enumerate() {
+            if !matches!(state, Value::Null) {
+                stage.restore_state(state).map_err(|e| stage_error(&**stage, i, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Index of the first stage that emits at triggers, if any.
+    fn trigger_stage(&self) -> Option<usize> {
+        self.stages.iter().position(|s| s.supports_trigger())
+    }
+
+    /// Why this pipeline cannot run on an unbounded input, if it cannot: a blocking stage
+    /// that is not preceded by a stage emitting at triggers would never emit.
+    pub fn unbounded_input_problem(&self) -> Option<String> {
+        let limit = self.trigger_stage().unwrap_or(self.stages.len());
+        self.stages[..limit].iter().enumerate().find(|(_, s)| s.is_blocking()).map(|(i, s)| {
+            format!(
+                "pipeline[{i}]: {} needs the whole input and would never emit on an unbounded source; put it after a $group, inside a window, or use a bounded source / the availableNow trigger",
+                s.name()
+            )
+        })
+    }
+
+    /// A streaming trigger: the first trigger-capable stage emits its changed (or, when
+    /// `complete`, all) results, which run through fresh copies of the later stages as a
+    /// finite batch.
+    pub fn trigger(&mut self, complete: bool, out: &mut Vec<Document>, errors: &mut Vec<StageError>) {
+        let Some(k) = self.trigger_stage() else {
+            return;
+        };
+        let mut rows = Vec::new();
+        if let Err(e) = self.stages[k].on_trigger(complete, &self.env, &mut rows) {
+            errors.push(stage_error(&*self.stages[k], k, e));
+        }
+        let mut tail = PipelineRun {
+            stages: self.stages[k + 1..].iter().map(|s| s.fresh()).collect(),
+            slots: self.stages[k + 1..].iter().map(|_| StageSlot::default()).collect(),
+            env: self.env.clone(),
+        };
+        let mut tail_errors = Vec::new();
+        for row in rows {
+            tail.push(row, out, &mut tail_errors);
+        }
+        tail.finish(out, &mut tail_errors);
+        errors.extend(tail_errors.into_iter().map(|mut e| {
+            e.stage_index += k + 1;
+            e
+        }));
     }
 }
 
@@ -203,23 +313,31 @@ fn stage_error(stage: &dyn Stage, index: usize, error: EvalError) -> StageError 
 
 fn push_from(
     stages: &mut [Box<dyn Stage>],
-    bufs: &mut [Vec<Document>],
+    slots: &mut [StageSlot],
     index: usize,
     doc: Document,
     env: &Env,
     out: &mut Vec<Document>,
     errors: &mut Vec<StageError>,
 ) {
-    let (Some((stage, rest_stages)), Some((buf, rest_bufs))) = (stages.split_first_mut(), bufs.split_first_mut()) else {
+    let (Some((stage, rest_stages)), Some((slot, rest_slots))) = (stages.split_first_mut(), slots.split_first_mut()) else {
         out.push(doc);
         return;
     };
-    let mut local = std::mem::take(buf);
+    let mut local = std::mem::take(&mut slot.buf);
+    let timed = slot.stats.documents_in % TIME_SAMPLE == 0;
+    let started = timed.then(std::time::Instant::now);
+    slot.stats.documents_in += 1;
     if let Err(e) = stage.process(doc, env, &mut local) {
+        slot.stats.errors += 1;
         errors.push(stage_error(&**stage, index, e));
     }
-    for d in local.drain(..) {
-        push_from(rest_stages, rest_bufs, index + 1, d, env, out, errors);
+    if let Some(t) = started {
+        slot.stats.nanos += t.elapsed().as_nanos() as u64 * TIME_SAMPLE;
     }
-    *buf = local;
+    slot.stats.documents_out += local.len() as u64;
+    for d in local.drain(..) {
+        push_from(rest_stages, rest_slots, index + 1, d, env, out, errors);
+    }
+    slot.buf = local;
 }

@@ -123,10 +123,20 @@ fn decimal_to_i64_round_even(d: Decimal128) -> Option<i64> {
     if !d.is_finite() {
         return None;
     }
+    decimal_integer_to_i64(quantize(d, Decimal128::from(0i32), Rounding::HalfEven))
+}
+
+/// An integral decimal as an i64, whatever its exponent (`2E+1` → 20). `None` when it
+/// is not integral or does not fit.
+fn decimal_integer_to_i64(d: Decimal128) -> Option<i64> {
+    // Bring the exponent to 0 (exact for an integral value of at most 34 digits):
+    // `Number::to_i64_exact` only accepts decimals written with exponent 0.
     let mut cx = Context::<Decimal128>::default();
-    cx.set_rounding(Rounding::HalfEven);
-    let r = cx.round(d);
-    Number::Decimal(r).to_i64_exact()
+    let q = cx.quantize(d, Decimal128::from(0i32));
+    if q.is_nan() || cx.status().inexact() {
+        return None;
+    }
+    Number::Decimal(q).to_i64_exact()
 }
 
 /// Quantizes `d` to the exponent of `quantum` with the given rounding. When the
@@ -221,7 +231,7 @@ fn eval_subtract(args: &[Cow<'_, Value>]) -> Result<Value, EvalError> {
                 Some(Number::Decimal(d)) => decimal_to_i64_round_even(d).ok_or_else(overflow)?,
                 None => {
                     return Err(EvalError::new(format!(
-                        "$subtract: cannot subtract a {} from a date (only a date or a number)",
+                        "$subtract: cannot subtract {} from date (only a date or a number can be subtracted from a date)",
                         r.type_name()
                     )))
                 }
@@ -229,7 +239,7 @@ fn eval_subtract(args: &[Cow<'_, Value>]) -> Result<Value, EvalError> {
             l.checked_sub(millis).map(Value::Date).ok_or_else(overflow)
         }
         _ => Err(EvalError::new(format!(
-            "$subtract: cannot subtract a {} from a {} (operands must be numbers, or a date minus a date or a number)",
+            "$subtract: cannot subtract {} from {} (operands must be numbers, or a date minus a date or a number)",
             b.type_name(),
             a.type_name()
         ))),
@@ -281,7 +291,7 @@ fn eval_multiply(args: &[Cow<'_, Value>]) -> Result<Value, EvalError> {
                     Decimal128::from(long)
                 };
             }
-            decimal = decimal * n.to_decimal();
+            decimal *= n.to_decimal();
         } else {
             dbl *= n.to_f64();
             if ty != Width::Double {
@@ -446,7 +456,11 @@ fn round_or_trunc(
                 p.type_name()
             )));
         };
-        place = pn.to_i64_exact().ok_or_else(|| {
+        let integral = match pn {
+            Number::Decimal(d) => decimal_integer_to_i64(d),
+            other => other.to_i64_exact(),
+        };
+        place = integral.ok_or_else(|| {
             EvalError::new(format!(
                 "{op}: the place argument must be an integral value, not {}",
                 show_f64(pn.to_f64())
@@ -472,11 +486,11 @@ fn round_or_trunc(
         Number::Int32(_) | Number::Int64(_) if place >= 0 => n.to_value(),
         Number::Int32(v) => {
             let d = quantize(Decimal128::from(v), quantum, rounding);
-            int_or_long(integer(Number::Decimal(d)))
+            int_or_long(decimal_integer_to_i64(d).unwrap_or_default())
         }
         Number::Int64(v) => {
             let d = quantize(Decimal128::from(v), quantum, rounding);
-            Value::Int64(Number::Decimal(d).to_i64_exact().ok_or_else(|| {
+            Value::Int64(decimal_integer_to_i64(d).ok_or_else(|| {
                 EvalError::new(format!(
                     "{op}: the result of rounding {v} to place {place} does not fit a long"
                 ))
@@ -666,4 +680,229 @@ fn eval_log(args: &[Cow<'_, Value>]) -> Result<Value, EvalError> {
         )));
     }
     Ok(Value::Double(xf.ln() / bf.ln()))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::expr::Expression;
+    use crate::value::{parse_document, parse_value, ExtJsonMode};
+
+    /// Evaluates `expr` against `doc` and returns the canonical Extended JSON of the
+    /// result (type-exact), or `error: ...`.
+    fn run(expr: &str, doc: &str) -> String {
+        let e = Expression::compile(&parse_value(expr).expect("expr json")).expect("compiles");
+        match e.evaluate(&parse_document(doc).expect("doc json")) {
+            Ok(v) => v.to_json_mode(ExtJsonMode::Canonical),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    fn check(expr: &str, expected: &str) {
+        let want = parse_value(expected).expect("expected json");
+        assert_eq!(
+            run(expr, "{}"),
+            want.to_json_mode(ExtJsonMode::Canonical),
+            "{expr}"
+        );
+    }
+
+    fn check_err(expr: &str, needle: &str) {
+        let got = run(expr, "{}");
+        assert!(
+            got.starts_with("error: ") && got.contains(needle),
+            "{expr}: {got}"
+        );
+    }
+
+    const D: &str = r#"{"$date": "2024-01-01T00:00:00Z"}"#;
+
+    #[test]
+    fn subtract() {
+        check(r#"{"$subtract": [5, 7]}"#, "-2");
+        check(
+            r#"{"$subtract": [-2147483648, 1]}"#,
+            r#"{"$numberLong": "-2147483649"}"#,
+        );
+        check(r#"{"$subtract": [5, 1.5]}"#, "3.5");
+        check(
+            &format!(r#"{{"$subtract": [{D}, {D}]}}"#),
+            r#"{"$numberLong": "0"}"#,
+        );
+        check(
+            &format!(r#"{{"$subtract": [{D}, 1000]}}"#),
+            r#"{"$date": "2023-12-31T23:59:59Z"}"#,
+        );
+        check(
+            &format!(r#"{{"$subtract": [{D}, 0.5]}}"#),
+            r#"{"$date": "2023-12-31T23:59:59.999Z"}"#,
+        );
+        check(&format!(r#"{{"$subtract": [{D}, null]}}"#), "null");
+        check(r#"{"$subtract": ["a", null]}"#, "null");
+        check_err(
+            &format!(r#"{{"$subtract": [1, {D}]}}"#),
+            "cannot subtract date from int",
+        );
+        check_err(
+            &format!(r#"{{"$subtract": [{D}, "x"]}}"#),
+            "string from date",
+        );
+    }
+
+    #[test]
+    fn multiply_divide_mod() {
+        check(r#"{"$multiply": []}"#, "1");
+        check(
+            r#"{"$multiply": [2147483647, 2]}"#,
+            r#"{"$numberLong": "4294967294"}"#,
+        );
+        check(
+            r#"{"$multiply": [{"$numberLong": "9223372036854775807"}, 2]}"#,
+            "1.8446744073709552e19",
+        );
+        check(
+            r#"{"$multiply": [2, 1.5, {"$numberDecimal": "2"}]}"#,
+            r#"{"$numberDecimal": "6.00000000000000"}"#,
+        );
+        check(r#"{"$multiply": [2, "$x"]}"#, "null");
+        check_err(r#"{"$multiply": [2, "x"]}"#, "not string");
+        check(r#"{"$divide": [9, 2]}"#, "4.5");
+        check(
+            r#"{"$divide": [{"$numberDecimal": "1"}, 4]}"#,
+            r#"{"$numberDecimal": "0.25"}"#,
+        );
+        check_err(r#"{"$divide": [1, 0]}"#, "divide by zero");
+        check(r#"{"$mod": [-5, 3]}"#, "-2");
+        check(
+            r#"{"$mod": [5, {"$numberLong": "3"}]}"#,
+            r#"{"$numberLong": "2"}"#,
+        );
+        check(r#"{"$mod": [5.5, 2]}"#, "1.5");
+        check(
+            r#"{"$mod": [{"$numberDecimal": "5.5"}, 2]}"#,
+            r#"{"$numberDecimal": "1.5"}"#,
+        );
+        check(r#"{"$mod": [-2147483648, -1]}"#, "0");
+        check_err(r#"{"$mod": [5, 0.0]}"#, "by zero");
+    }
+
+    #[test]
+    fn abs_ceil_floor() {
+        check(
+            r#"{"$abs": -2147483648}"#,
+            r#"{"$numberLong": "2147483648"}"#,
+        );
+        check(r#"{"$abs": -1.5}"#, "1.5");
+        check(
+            r#"{"$abs": {"$numberDecimal": "-2.50"}}"#,
+            r#"{"$numberDecimal": "2.50"}"#,
+        );
+        check_err(
+            r#"{"$abs": {"$numberLong": "-9223372036854775808"}}"#,
+            "smallest long",
+        );
+        check(r#"{"$ceil": -1.5}"#, "-1.0");
+        check(r#"{"$floor": -1.5}"#, "-2.0");
+        check(r#"{"$ceil": 7}"#, "7");
+        check(
+            r#"{"$ceil": {"$numberDecimal": "1.01"}}"#,
+            r#"{"$numberDecimal": "2"}"#,
+        );
+        check(
+            r#"{"$floor": {"$numberDecimal": "-1.01"}}"#,
+            r#"{"$numberDecimal": "-2"}"#,
+        );
+        check(
+            r#"{"$floor": {"$numberDecimal": "1E+40"}}"#,
+            r#"{"$numberDecimal": "1E+40"}"#,
+        );
+        check(r#"{"$floor": null}"#, "null");
+    }
+
+    #[test]
+    fn round_and_trunc() {
+        check(r#"{"$round": [2.5]}"#, "2.0");
+        check(r#"{"$round": [3.5, 0]}"#, "4.0");
+        check(r#"{"$round": [-2.5, 0]}"#, "-2.0");
+        check(r#"{"$round": [19.25, 1]}"#, "19.2");
+        check(r#"{"$round": [1234, -2]}"#, "1200");
+        check(r#"{"$round": [1250, -2]}"#, "1200");
+        check(r#"{"$round": [1350, -2]}"#, "1400");
+        check(
+            r#"{"$round": [2147483647, -1]}"#,
+            r#"{"$numberLong": "2147483650"}"#,
+        );
+        check(
+            r#"{"$round": [{"$numberLong": "15"}, -1]}"#,
+            r#"{"$numberLong": "20"}"#,
+        );
+        check(r#"{"$round": [7, 3]}"#, "7");
+        check(
+            r#"{"$round": [{"$numberDecimal": "10.5"}]}"#,
+            r#"{"$numberDecimal": "10"}"#,
+        );
+        check(
+            r#"{"$round": [{"$numberDecimal": "1.2345"}, 2]}"#,
+            r#"{"$numberDecimal": "1.23"}"#,
+        );
+        check(r#"{"$round": [1e300, 0]}"#, "1e300");
+        check(r#"{"$round": [1.5, null]}"#, "null");
+        check_err(r#"{"$round": [1.5, 1.5]}"#, "integral");
+        check(r#"{"$round": [1.25, {"$numberDecimal": "1.0"}]}"#, "1.2");
+        check_err(r#"{"$round": [1.5, 101]}"#, "[-20, 100]");
+        check_err(r#"{"$round": ["x", 1]}"#, "numeric");
+        check(r#"{"$trunc": [-1.7]}"#, "-1.0");
+        check(r#"{"$trunc": [1234.5678, 2]}"#, "1234.56");
+        check(r#"{"$trunc": [1299, -2]}"#, "1200");
+        check(
+            r#"{"$trunc": [{"$numberDecimal": "-7.89"}, 1]}"#,
+            r#"{"$numberDecimal": "-7.8"}"#,
+        );
+    }
+
+    #[test]
+    fn pow_sqrt_exp_logs() {
+        check(r#"{"$pow": [2, 10]}"#, "1024");
+        check(
+            r#"{"$pow": [2, 40]}"#,
+            r#"{"$numberLong": "1099511627776"}"#,
+        );
+        check(
+            r#"{"$pow": [2, {"$numberLong": "3"}]}"#,
+            r#"{"$numberLong": "8"}"#,
+        );
+        check(r#"{"$pow": [2, 64]}"#, "1.8446744073709552e19");
+        check(r#"{"$pow": [2, -1]}"#, "0.5");
+        check(r#"{"$pow": [-1, -3]}"#, "-1");
+        check(r#"{"$pow": [4, 0.5]}"#, "2.0");
+        check(
+            r#"{"$pow": [{"$numberDecimal": "1.5"}, 2]}"#,
+            r#"{"$numberDecimal": "2.25"}"#,
+        );
+        check_err(r#"{"$pow": [0, -2]}"#, "negative exponent");
+        check(r#"{"$sqrt": 25}"#, "5.0");
+        check(
+            r#"{"$sqrt": {"$numberDecimal": "2.25"}}"#,
+            r#"{"$numberDecimal": "1.5"}"#,
+        );
+        check_err(r#"{"$sqrt": -1}"#, "greater than or equal to 0");
+        check(r#"{"$exp": 0}"#, "1.0");
+        check(
+            r#"{"$exp": {"$numberDecimal": "0"}}"#,
+            r#"{"$numberDecimal": "1"}"#,
+        );
+        check(r#"{"$ln": 1}"#, "0.0");
+        check_err(r#"{"$ln": 0}"#, "positive number, but is 0");
+        check(r#"{"$log10": 100}"#, "2.0");
+        check(
+            r#"{"$log10": {"$numberDecimal": "1000"}}"#,
+            r#"{"$numberDecimal": "3"}"#,
+        );
+        check(r#"{"$log": [8, 2]}"#, "3.0");
+        check(
+            r#"{"$log": [100, {"$numberDecimal": "10"}]}"#,
+            r#"{"$numberDecimal": "2"}"#,
+        );
+        check_err(r#"{"$log": [8, 1]}"#, "not equal to 1");
+        check(r#"{"$log": [null, "x"]}"#, "null");
+    }
 }

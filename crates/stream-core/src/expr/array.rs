@@ -4,7 +4,10 @@
 //! (`$concatArrays`, `$range`, `$reverseArray`, `$zip`), and ordering (`$sortArray`,
 //! `$maxN`, `$minN`).
 
-use super::{compile_expr, compile_fn, fn_op, named_args, CompileCtx, CompileFn, Ctx, Expr, Operator, VarId};
+use super::string::integral_i32;
+use super::{
+    compile_expr, compile_fn, fn_op, named_args, CompileCtx, CompileFn, Ctx, Expr, Operator, VarId,
+};
 use crate::error::{path_index, path_key, CompileError, EvalError};
 use crate::value::{compare_values, Str, Value};
 use std::borrow::Cow;
@@ -13,37 +16,54 @@ use std::sync::Arc;
 
 /// Operators of this family.
 pub(crate) const OPERATORS: &[(&str, CompileFn)] = &[
-    ("$size", |a, p, cx| compile_fn("$size", a, 1, 1, p, cx, eval_size)),
-    ("$arrayElemAt", |a, p, cx| compile_fn("$arrayElemAt", a, 2, 2, p, cx, eval_array_elem_at)),
-    ("$first", |a, p, cx| compile_fn("$first", a, 1, 1, p, cx, eval_first)),
-    ("$last", |a, p, cx| compile_fn("$last", a, 1, 1, p, cx, eval_last)),
+    ("$size", |a, p, cx| {
+        compile_fn("$size", a, 1, 1, p, cx, eval_size)
+    }),
+    ("$arrayElemAt", |a, p, cx| {
+        compile_fn("$arrayElemAt", a, 2, 2, p, cx, eval_array_elem_at)
+    }),
+    ("$first", |a, p, cx| {
+        compile_fn("$first", a, 1, 1, p, cx, eval_first)
+    }),
+    ("$last", |a, p, cx| {
+        compile_fn("$last", a, 1, 1, p, cx, eval_last)
+    }),
     ("$filter", compile_filter),
     ("$map", compile_map),
     ("$reduce", compile_reduce),
     ("$in", |a, p, cx| compile_fn("$in", a, 2, 2, p, cx, eval_in)),
-    ("$slice", |a, p, cx| compile_fn("$slice", a, 2, 3, p, cx, eval_slice)),
-    ("$concatArrays", |a, p, cx| compile_fn("$concatArrays", a, 0, usize::MAX, p, cx, eval_concat_arrays)),
-    ("$isArray", |a, p, cx| compile_fn("$isArray", a, 1, 1, p, cx, eval_is_array)),
-    ("$reverseArray", |a, p, cx| compile_fn("$reverseArray", a, 1, 1, p, cx, eval_reverse_array)),
-    ("$range", |a, p, cx| compile_fn("$range", a, 2, 3, p, cx, eval_range)),
-    ("$indexOfArray", |a, p, cx| compile_fn("$indexOfArray", a, 2, 4, p, cx, eval_index_of_array)),
+    ("$slice", |a, p, cx| {
+        compile_fn("$slice", a, 2, 3, p, cx, eval_slice)
+    }),
+    ("$concatArrays", |a, p, cx| {
+        compile_fn("$concatArrays", a, 0, usize::MAX, p, cx, eval_concat_arrays)
+    }),
+    ("$isArray", |a, p, cx| {
+        compile_fn("$isArray", a, 1, 1, p, cx, eval_is_array)
+    }),
+    ("$reverseArray", |a, p, cx| {
+        compile_fn("$reverseArray", a, 1, 1, p, cx, eval_reverse_array)
+    }),
+    ("$range", |a, p, cx| {
+        compile_fn("$range", a, 2, 3, p, cx, eval_range)
+    }),
+    ("$indexOfArray", |a, p, cx| {
+        compile_fn("$indexOfArray", a, 2, 4, p, cx, eval_index_of_array)
+    }),
     ("$sortArray", compile_sort_array),
     ("$zip", compile_zip),
     ("$maxN", |a, p, cx| compile_n("$maxN", a, p, cx, eval_max_n)),
     ("$minN", |a, p, cx| compile_n("$minN", a, p, cx, eval_min_n)),
-    ("$firstN", |a, p, cx| compile_n("$firstN", a, p, cx, eval_first_n)),
-    ("$lastN", |a, p, cx| compile_n("$lastN", a, p, cx, eval_last_n)),
+    ("$firstN", |a, p, cx| {
+        compile_n("$firstN", a, p, cx, eval_first_n)
+    }),
+    ("$lastN", |a, p, cx| {
+        compile_n("$lastN", a, p, cx, eval_last_n)
+    }),
 ];
 
 fn err(msg: String) -> EvalError {
     EvalError::new(msg)
-}
-
-/// An integral number representable as an i32 (MongoDB's `Value::integral()`).
-fn integral_i32(v: &Value) -> Option<i32> {
-    v.as_number()
-        .and_then(|n| n.to_i64_exact())
-        .and_then(|n| i32::try_from(n).ok())
 }
 
 fn index_value(i: usize) -> Value {
@@ -211,7 +231,9 @@ fn eval_slice(args: &[Cow<'_, Value>]) -> Result<Value, EvalError> {
         Some(n) => {
             let n = slice_int("Third", n)? as i64;
             if n <= 0 {
-                return Err(err(format!("Third argument to $slice must be positive: {n}")));
+                return Err(err(format!(
+                    "Third argument to $slice must be positive: {n}"
+                )));
             }
             let start = if second < 0 {
                 (len + second).max(0)
@@ -238,7 +260,9 @@ fn eval_in(args: &[Cow<'_, Value>]) -> Result<Value, EvalError> {
     };
     let needle = args[0].as_ref();
     Ok(Value::Bool(
-        items.iter().any(|v| compare_values(v, needle) == Ordering::Equal),
+        items
+            .iter()
+            .any(|v| compare_values(v, needle) == Ordering::Equal),
     ))
 }
 
@@ -342,19 +366,32 @@ fn eval_range(args: &[Cow<'_, Value>]) -> Result<Value, EvalError> {
 // ---------------------------------------------------------------------------------
 
 /// The variable name in `as` (default `this`).
-fn as_name<'v>(op: &str, a: &std::collections::HashMap<&str, &'v Value>, path: &str) -> Result<&'v str, CompileError> {
+fn as_name<'v>(
+    op: &str,
+    a: &std::collections::HashMap<&str, &'v Value>,
+    path: &str,
+) -> Result<&'v str, CompileError> {
     match a.get("as") {
         None => Ok("this"),
         Some(Value::String(s)) => Ok(s.as_str()),
         Some(other) => Err(CompileError::new(
             path_key(path, "as"),
-            format!("{op}: 'as' must be a variable name string, found {}", other.type_name()),
+            format!(
+                "{op}: 'as' must be a variable name string, found {}",
+                other.type_name()
+            ),
         )),
     }
 }
 
 /// Compiles `body` with `name` bound; returns the variable and the compiled body.
-fn compile_bound(name: &str, body: &Value, var_path: &str, body_path: &str, cx: &mut CompileCtx) -> Result<(VarId, Expr), CompileError> {
+fn compile_bound(
+    name: &str,
+    body: &Value,
+    var_path: &str,
+    body_path: &str,
+    cx: &mut CompileCtx,
+) -> Result<(VarId, Expr), CompileError> {
     let id = cx.bind(name, var_path)?;
     let body = compile_expr(body, body_path, cx);
     cx.unbind(1);
@@ -401,8 +438,19 @@ fn compile_filter(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr,
         None => None,
     };
     let name = as_name("$filter", &a, path)?;
-    let (var, cond) = compile_bound(name, a["cond"], &path_key(path, "as"), &path_key(path, "cond"), cx)?;
-    Ok(Expr::Op(Arc::new(Filter { input, var, cond, limit })))
+    let (var, cond) = compile_bound(
+        name,
+        a["cond"],
+        &path_key(path, "as"),
+        &path_key(path, "cond"),
+        cx,
+    )?;
+    Ok(Expr::Op(Arc::new(Filter {
+        input,
+        var,
+        cond,
+        limit,
+    })))
 }
 
 impl Operator for Filter {
@@ -428,7 +476,9 @@ impl Operator for Filter {
             if out.len() >= limit {
                 break;
             }
-            let keep = ctx.with_var(self.var, &item, |c| self.cond.eval(c).map(|v| v.is_truthy()))?;
+            let keep = ctx.with_var(self.var, &item, |c| {
+                self.cond.eval(c).map(|v| v.is_truthy())
+            })?;
             if keep {
                 out.push(item);
             }
@@ -448,7 +498,13 @@ fn compile_map(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, Co
     let a = named_args("$map", args, &["input", "in"], &["as"], path)?;
     let input = compile_expr(a["input"], &path_key(path, "input"), cx)?;
     let name = as_name("$map", &a, path)?;
-    let (var, body) = compile_bound(name, a["in"], &path_key(path, "as"), &path_key(path, "in"), cx)?;
+    let (var, body) = compile_bound(
+        name,
+        a["in"],
+        &path_key(path, "as"),
+        &path_key(path, "in"),
+        cx,
+    )?;
     Ok(Expr::Op(Arc::new(Map { input, var, body })))
 }
 
@@ -496,7 +552,13 @@ fn compile_reduce(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr,
     };
     let body = compile_expr(a["in"], &path_key(path, "in"), cx);
     cx.unbind(2);
-    Ok(Expr::Op(Arc::new(Reduce { input, initial, this, value, body: body? })))
+    Ok(Expr::Op(Arc::new(Reduce {
+        input,
+        initial,
+        this,
+        value,
+        body: body?,
+    })))
 }
 
 impl Operator for Reduce {
@@ -652,13 +714,25 @@ struct Zip {
 }
 
 fn compile_zip(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, CompileError> {
-    let a = named_args("$zip", args, &["inputs"], &["useLongestLength", "defaults"], path)?;
+    let a = named_args(
+        "$zip",
+        args,
+        &["inputs"],
+        &["useLongestLength", "defaults"],
+        path,
+    )?;
     let ip = path_key(path, "inputs");
     let Value::Array(raw_inputs) = a["inputs"] else {
-        return Err(CompileError::new(ip, "$zip: 'inputs' must be an array of expressions"));
+        return Err(CompileError::new(
+            ip,
+            "$zip: 'inputs' must be an array of expressions",
+        ));
     };
     if raw_inputs.is_empty() {
-        return Err(CompileError::new(ip, "$zip: 'inputs' must contain at least one array expression"));
+        return Err(CompileError::new(
+            ip,
+            "$zip: 'inputs' must contain at least one array expression",
+        ));
     }
     let inputs = raw_inputs
         .iter()
@@ -671,7 +745,10 @@ fn compile_zip(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, Co
         Some(other) => {
             return Err(CompileError::new(
                 path_key(path, "useLongestLength"),
-                format!("$zip: 'useLongestLength' must be a boolean, found {}", other.type_name()),
+                format!(
+                    "$zip: 'useLongestLength' must be a boolean, found {}",
+                    other.type_name()
+                ),
             ))
         }
     };
@@ -680,15 +757,25 @@ fn compile_zip(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, Co
         Some(d) => {
             let dp = path_key(path, "defaults");
             let Value::Array(raw) = d else {
-                return Err(CompileError::new(dp, "$zip: 'defaults' must be an array of expressions"));
+                return Err(CompileError::new(
+                    dp,
+                    "$zip: 'defaults' must be an array of expressions",
+                ));
             };
             if !longest {
-                return Err(CompileError::new(dp, "$zip: 'defaults' requires 'useLongestLength' to be true"));
+                return Err(CompileError::new(
+                    dp,
+                    "$zip: 'defaults' requires 'useLongestLength' to be true",
+                ));
             }
             if raw.len() != inputs.len() {
                 return Err(CompileError::new(
                     dp,
-                    format!("$zip: 'defaults' and 'inputs' must have the same length ({} vs {})", raw.len(), inputs.len()),
+                    format!(
+                        "$zip: 'defaults' and 'inputs' must have the same length ({} vs {})",
+                        raw.len(),
+                        inputs.len()
+                    ),
                 ));
             }
             Some(
@@ -699,7 +786,11 @@ fn compile_zip(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, Co
             )
         }
     };
-    Ok(Expr::Op(Arc::new(Zip { inputs, longest, defaults })))
+    Ok(Expr::Op(Arc::new(Zip {
+        inputs,
+        longest,
+        defaults,
+    })))
 }
 
 impl Operator for Zip {
@@ -721,11 +812,16 @@ impl Operator for Zip {
         let defaults = match &self.defaults {
             Some(ds) => ds
                 .iter()
-                .map(|d| d.eval_owned(ctx).map(|v| if v.is_missing() { Value::Null } else { v }))
+                .map(|d| {
+                    d.eval_owned(ctx)
+                        .map(|v| if v.is_missing() { Value::Null } else { v })
+                })
                 .collect::<Result<Vec<_>, _>>()?,
             None => vec![Value::Null; arrays.len()],
         };
-        let lens = arrays.iter().map(|a| a.as_array().map_or(0, <[Value]>::len));
+        let lens = arrays
+            .iter()
+            .map(|a| a.as_array().map_or(0, <[Value]>::len));
         let len = if self.longest { lens.max() } else { lens.min() }.unwrap_or(0);
         let out = (0..len)
             .map(|i| {
@@ -746,7 +842,13 @@ impl Operator for Zip {
 // $firstN / $lastN / $maxN / $minN (array forms)
 // ---------------------------------------------------------------------------------
 
-fn compile_n(name: &'static str, args: &Value, path: &str, cx: &mut CompileCtx, f: super::EvalFn) -> Result<Expr, CompileError> {
+fn compile_n(
+    name: &'static str,
+    args: &Value,
+    path: &str,
+    cx: &mut CompileCtx,
+    f: super::EvalFn,
+) -> Result<Expr, CompileError> {
     let a = named_args(name, args, &["n", "input"], &[], path)?;
     let np = path_key(path, "n");
     let n = compile_expr(a["n"], &np, cx)?;
@@ -786,7 +888,9 @@ fn eval_first_n(args: &[Cow<'_, Value>]) -> Result<Value, EvalError> {
 
 fn eval_last_n(args: &[Cow<'_, Value>]) -> Result<Value, EvalError> {
     let (n, items) = n_args("$lastN", args)?;
-    Ok(Value::Array(items[items.len().saturating_sub(n)..].to_vec()))
+    Ok(Value::Array(
+        items[items.len().saturating_sub(n)..].to_vec(),
+    ))
 }
 
 /// The `n` largest (or smallest) non-null values, best first.
@@ -819,13 +923,20 @@ mod tests {
     use crate::value::{parse_document, parse_value};
 
     fn eval(expr: &str, doc: &str) -> Result<String, String> {
-        let e = Expression::compile(&parse_value(expr).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        let e = Expression::compile(&parse_value(expr).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
         let d = parse_document(doc).map_err(|e| e.to_string())?;
-        e.evaluate(&d).map(|v| v.to_json()).map_err(|e| e.to_string())
+        e.evaluate(&d)
+            .map(|v| v.to_json())
+            .map_err(|e| e.to_string())
     }
 
     fn ok(expr: &str, want: &str) {
-        assert_eq!(eval(expr, r#"{"a": [1, 2, 3], "s": "x"}"#).as_deref(), Ok(want), "{expr}");
+        assert_eq!(
+            eval(expr, r#"{"a": [1, 2, 3], "s": "x"}"#).as_deref(),
+            Ok(want),
+            "{expr}"
+        );
     }
 
     fn fails(expr: &str, want: &str) {
@@ -859,43 +970,97 @@ mod tests {
         ok(r#"{"$slice": ["$a", -2]}"#, "[2,3]");
         ok(r#"{"$slice": ["$a", -5, 2]}"#, "[1,2]");
         ok(r#"{"$slice": ["$a", 5, 2]}"#, "[]");
-        fails(r#"{"$slice": ["$a", 0, 0]}"#, "Third argument to $slice must be positive: 0");
+        fails(
+            r#"{"$slice": ["$a", 0, 0]}"#,
+            "Third argument to $slice must be positive: 0",
+        );
         ok(r#"{"$range": [0, 10, 3]}"#, "[0,3,6,9]");
         ok(r#"{"$range": [5, 0, -2]}"#, "[5,3,1]");
         ok(r#"{"$range": [0, -1]}"#, "[]");
         fails(r#"{"$range": [0, 5, 0]}"#, "non-zero step");
-        fails(r#"{"$range": [0, 1.5]}"#, "$range requires an ending value that can be represented as a 32-bit integer");
+        fails(
+            r#"{"$range": [0, 1.5]}"#,
+            "$range requires an ending value that can be represented as a 32-bit integer",
+        );
         ok(r#"{"$indexOfArray": ["$a", 2]}"#, "1");
         ok(r#"{"$indexOfArray": ["$a", 2, 2]}"#, "-1");
         ok(r#"{"$in": [2.0, "$a"]}"#, "true");
-        fails(r#"{"$in": [2, "$nope"]}"#, "$in requires an array as a second argument, found: missing");
+        fails(
+            r#"{"$in": [2, "$nope"]}"#,
+            "$in requires an array as a second argument, found: missing",
+        );
     }
 
     #[test]
     fn higher_order() {
-        ok(r#"{"$filter": {"input": "$a", "cond": {"$in": ["$$this", [1, 3]]}}}"#, "[1,3]");
-        ok(r#"{"$filter": {"input": "$a", "as": "x", "cond": {"$in": ["$$x", [1, 3]]}, "limit": 1}}"#, "[1]");
-        fails(r#"{"$filter": {"input": "$a", "cond": true, "limit": 0}}"#, "expression.$filter.limit: $filter: limit must be greater than 0");
-        ok(r#"{"$map": {"input": "$a", "as": "x", "in": {"$concatArrays": [["$$x"], ["$s"]]}}}"#, r#"[[1,"x"],[2,"x"],[3,"x"]]"#);
-        ok(r#"{"$map": {"input": "$a", "in": "$$this.nope"}}"#, "[null,null,null]");
-        ok(r#"{"$reduce": {"input": "$a", "initialValue": [], "in": {"$concatArrays": ["$$value", ["$$this"]]}}}"#, "[1,2,3]");
-        ok(r#"{"$reduce": {"input": [], "initialValue": 7, "in": 0}}"#, "7");
-        fails(r#"{"$map": {"input": "$a", "in": "$$y"}}"#, "undefined variable");
-        fails(r#"{"$map": {"input": "$a", "as": "Bad", "in": 1}}"#, "invalid variable name");
+        ok(
+            r#"{"$filter": {"input": "$a", "cond": {"$in": ["$$this", [1, 3]]}}}"#,
+            "[1,3]",
+        );
+        ok(
+            r#"{"$filter": {"input": "$a", "as": "x", "cond": {"$in": ["$$x", [1, 3]]}, "limit": 1}}"#,
+            "[1]",
+        );
+        fails(
+            r#"{"$filter": {"input": "$a", "cond": true, "limit": 0}}"#,
+            "expression.$filter.limit: $filter: limit must be greater than 0",
+        );
+        ok(
+            r#"{"$map": {"input": "$a", "as": "x", "in": {"$concatArrays": [["$$x"], ["$s"]]}}}"#,
+            r#"[[1,"x"],[2,"x"],[3,"x"]]"#,
+        );
+        ok(
+            r#"{"$map": {"input": "$a", "in": "$$this.nope"}}"#,
+            "[null,null,null]",
+        );
+        ok(
+            r#"{"$reduce": {"input": "$a", "initialValue": [], "in": {"$concatArrays": ["$$value", ["$$this"]]}}}"#,
+            "[1,2,3]",
+        );
+        ok(
+            r#"{"$reduce": {"input": [], "initialValue": 7, "in": 0}}"#,
+            "7",
+        );
+        fails(
+            r#"{"$map": {"input": "$a", "in": "$$y"}}"#,
+            "undefined variable",
+        );
+        fails(
+            r#"{"$map": {"input": "$a", "as": "Bad", "in": 1}}"#,
+            "invalid variable name",
+        );
     }
 
     #[test]
     fn ordering() {
-        ok(r#"{"$sortArray": {"input": [3, 1, "a", 2], "sortBy": 1}}"#, r#"[1,2,3,"a"]"#);
-        ok(r#"{"$sortArray": {"input": [{"x": 2}, {"x": 1}, {"y": 0}], "sortBy": {"x": -1}}}"#, r#"[{"x":2},{"x":1},{"y":0}]"#);
-        fails(r#"{"$sortArray": {"input": [], "sortBy": 2}}"#, "sortBy must be 1, -1");
+        ok(
+            r#"{"$sortArray": {"input": [3, 1, "a", 2], "sortBy": 1}}"#,
+            r#"[1,2,3,"a"]"#,
+        );
+        ok(
+            r#"{"$sortArray": {"input": [{"x": 2}, {"x": 1}, {"y": 0}], "sortBy": {"x": -1}}}"#,
+            r#"[{"x":2},{"x":1},{"y":0}]"#,
+        );
+        fails(
+            r#"{"$sortArray": {"input": [], "sortBy": 2}}"#,
+            "sortBy must be 1, -1",
+        );
         ok(r#"{"$zip": {"inputs": [[1, 2], ["a"]]}}"#, r#"[[1,"a"]]"#);
-        ok(r#"{"$zip": {"inputs": [[1, 2], ["a"]], "useLongestLength": true, "defaults": [0, "z"]}}"#, r#"[[1,"a"],[2,"z"]]"#);
-        fails(r#"{"$zip": {"inputs": [[1]], "defaults": [0]}}"#, "requires 'useLongestLength'");
+        ok(
+            r#"{"$zip": {"inputs": [[1, 2], ["a"]], "useLongestLength": true, "defaults": [0, "z"]}}"#,
+            r#"[[1,"a"],[2,"z"]]"#,
+        );
+        fails(
+            r#"{"$zip": {"inputs": [[1]], "defaults": [0]}}"#,
+            "requires 'useLongestLength'",
+        );
         ok(r#"{"$maxN": {"n": 2, "input": [3, null, 7, 1]}}"#, "[7,3]");
         ok(r#"{"$minN": {"n": 2, "input": [3, null, 7, 1]}}"#, "[1,3]");
         ok(r#"{"$firstN": {"n": 2, "input": "$a"}}"#, "[1,2]");
         ok(r#"{"$lastN": {"n": 5, "input": "$a"}}"#, "[1,2,3]");
-        fails(r#"{"$lastN": {"n": 0, "input": "$a"}}"#, "'n' must be a positive integer");
+        fails(
+            r#"{"$lastN": {"n": 0, "input": "$a"}}"#,
+            "'n' must be a positive integer",
+        );
     }
 }

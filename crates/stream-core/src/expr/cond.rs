@@ -181,12 +181,14 @@ fn compile_branch(
         match key.as_str() {
             "case" => case = Some(compile_expr(e, &p, cx)?),
             "then" => then = Some(compile_expr(e, &p, cx)?),
-            _ => return Err(CompileError::new(
-                p,
-                format!(
+            _ => {
+                return Err(CompileError::new(
+                    p,
+                    format!(
                     "$switch: unknown argument '{key}' in a branch (expected 'case' and 'then')"
                 ),
-            )),
+                ))
+            }
         }
     }
     match (case, then) {

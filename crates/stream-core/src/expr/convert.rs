@@ -19,22 +19,42 @@ pub(crate) const OPERATORS: &[(&str, CompileFn)] = &[
     ("$type", compile_type),
     ("$isNumber", compile_is_number),
     ("$convert", compile_convert),
-    ("$toString", |a, p, cx| compile_to("$toString", Target::String, a, p, cx)),
-    ("$toInt", |a, p, cx| compile_to("$toInt", Target::Int, a, p, cx)),
-    ("$toLong", |a, p, cx| compile_to("$toLong", Target::Long, a, p, cx)),
-    ("$toDouble", |a, p, cx| compile_to("$toDouble", Target::Double, a, p, cx)),
-    ("$toDecimal", |a, p, cx| compile_to("$toDecimal", Target::Decimal, a, p, cx)),
-    ("$toBool", |a, p, cx| compile_to("$toBool", Target::Bool, a, p, cx)),
-    ("$toDate", |a, p, cx| compile_to("$toDate", Target::Date, a, p, cx)),
-    ("$toObjectId", |a, p, cx| compile_to("$toObjectId", Target::ObjectId, a, p, cx)),
+    ("$toString", |a, p, cx| {
+        compile_to("$toString", Target::String, a, p, cx)
+    }),
+    ("$toInt", |a, p, cx| {
+        compile_to("$toInt", Target::Int, a, p, cx)
+    }),
+    ("$toLong", |a, p, cx| {
+        compile_to("$toLong", Target::Long, a, p, cx)
+    }),
+    ("$toDouble", |a, p, cx| {
+        compile_to("$toDouble", Target::Double, a, p, cx)
+    }),
+    ("$toDecimal", |a, p, cx| {
+        compile_to("$toDecimal", Target::Decimal, a, p, cx)
+    }),
+    ("$toBool", |a, p, cx| {
+        compile_to("$toBool", Target::Bool, a, p, cx)
+    }),
+    ("$toDate", |a, p, cx| {
+        compile_to("$toDate", Target::Date, a, p, cx)
+    }),
+    ("$toObjectId", |a, p, cx| {
+        compile_to("$toObjectId", Target::ObjectId, a, p, cx)
+    }),
 ];
 
 fn compile_type(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, CompileError> {
-    compile_fn("$type", args, 1, 1, path, cx, |a| Ok(Value::string(a[0].type_name())))
+    compile_fn("$type", args, 1, 1, path, cx, |a| {
+        Ok(Value::string(a[0].type_name()))
+    })
 }
 
 fn compile_is_number(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, CompileError> {
-    compile_fn("$isNumber", args, 1, 1, path, cx, |a| Ok(Value::Bool(a[0].is_number())))
+    compile_fn("$isNumber", args, 1, 1, path, cx, |a| {
+        Ok(Value::Bool(a[0].is_number()))
+    })
 }
 
 /// A target type of `$convert`.
@@ -84,6 +104,13 @@ impl Target {
                     ))
                 }
             },
+            // MongoDB 8's `{type: ..., subtype: ...}` form; the subtype only matters for binData.
+            Value::Document(d) if d.contains_key("type") && d.keys().all(|k| k == "type" || k == "subtype") => {
+                return match d.get("type") {
+                    Some(t) if !matches!(t, Value::Document(_)) => Target::from_value(t),
+                    _ => Err("'to.type' must be a type name string or a BSON type number".into()),
+                };
+            }
             v if v.is_number() => match v.as_i64_exact() {
                 Some(1) => Target::Double,
                 Some(2) => Target::String,
@@ -153,17 +180,26 @@ impl Operator for Convert {
 }
 
 fn compile_convert(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, CompileError> {
-    let a = named_args("$convert", args, &["input", "to"], &["onError", "onNull"], path)?;
+    let a = named_args(
+        "$convert",
+        args,
+        &["input", "to"],
+        &["onError", "onNull"],
+        path,
+    )?;
     let input = compile_expr(a["input"], &path_key(path, "input"), cx)?;
     let to_path = path_key(path, "to");
     let to = match compile_expr(a["to"], &to_path, cx)? {
         Expr::Literal(v) => To::Fixed(
-            Target::from_value(&v).map_err(|m| CompileError::new(&to_path, format!("$convert: {m}")))?,
+            Target::from_value(&v)
+                .map_err(|m| CompileError::new(&to_path, format!("$convert: {m}")))?,
         ),
         e => To::Dynamic(e),
     };
     let opt = |k: &str, cx: &mut CompileCtx| -> Result<Option<Expr>, CompileError> {
-        a.get(k).map(|v| compile_expr(v, &path_key(path, k), cx)).transpose()
+        a.get(k)
+            .map(|v| compile_expr(v, &path_key(path, k), cx))
+            .transpose()
     };
     let on_error = opt("onError", cx)?;
     let on_null = opt("onNull", cx)?;
@@ -195,7 +231,11 @@ fn compile_to(
 }
 
 fn unsupported(v: &Value, t: Target) -> String {
-    format!("unsupported conversion from {} to {}", v.type_name(), t.name())
+    format!(
+        "unsupported conversion from {} to {}",
+        v.type_name(),
+        t.name()
+    )
 }
 
 /// Converts a non-null value to `target`, borrowing when it already has that type.
@@ -238,7 +278,10 @@ fn convert(input: Cow<'_, Value>, target: Target) -> Result<Cow<'_, Value>, Stri
 }
 
 fn overflow(v: &Value, t: Target) -> String {
-    format!("cannot convert {v} to {}: the value is out of range", t.name())
+    format!(
+        "cannot convert {v} to {}: the value is out of range",
+        t.name()
+    )
 }
 
 /// Double/decimal/string/bool/int/long → integer in `[min, max]`, truncating toward zero.
@@ -267,7 +310,10 @@ fn to_integer(v: &Value, t: Target, min: i64, max: i64) -> Result<i64, String> {
         }
         Value::Decimal(d) => decimal_trunc(*d, v, t)?,
         Value::String(s) => parse_integer(s).ok_or_else(|| {
-            format!("cannot convert '{s}' to {}: it must be a base-10 integer in range", t.name())
+            format!(
+                "cannot convert '{s}' to {}: it must be a base-10 integer in range",
+                t.name()
+            )
         })?,
         _ => return Err(unsupported(v, t)),
     };
@@ -293,7 +339,8 @@ fn decimal_trunc(d: Decimal128, v: &Value, t: Target) -> Result<i64, String> {
         } else if exp > 19 {
             return Err(overflow(v, t));
         } else {
-            coef.checked_mul(10i128.pow(exp as u32)).ok_or_else(|| overflow(v, t))?
+            coef.checked_mul(10i128.pow(exp as u32))
+                .ok_or_else(|| overflow(v, t))?
         }
     } else if exp < -38 {
         0
@@ -342,10 +389,15 @@ fn is_special_float(s: &str) -> bool {
 /// surrounding spaces and out-of-range magnitudes are rejected.
 fn parse_double(s: &str) -> Option<f64> {
     let body = s.strip_prefix(['-', '+']).unwrap_or(s);
-    if body.is_empty() || body.starts_with(['x', 'X']) || s.starts_with("0x") || s.starts_with("0X") {
+    if body.is_empty() || body.starts_with(['x', 'X']) || s.starts_with("0x") || s.starts_with("0X")
+    {
         return None;
     }
-    if !body.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'.') {
+    if !body
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'.')
+    {
         return None;
     }
     let f: f64 = s.parse().ok()?;
@@ -361,12 +413,18 @@ fn to_decimal(v: &Value) -> Result<Decimal128, String> {
         Value::Bool(b) => Decimal128::from(*b as i32),
         Value::Int32(n) => Decimal128::from(*n),
         Value::Int64(n) => Decimal128::from(*n),
-        Value::Double(_) => Number::from_value(v).map(Number::to_decimal).unwrap_or_default(),
+        Value::Double(_) => Number::from_value(v)
+            .map(Number::to_decimal)
+            .unwrap_or_default(),
         Value::Date(ms) => Decimal128::from(*ms),
         Value::String(s) => {
             let body = s.strip_prefix(['-', '+']).unwrap_or(s);
             let bad = || format!("cannot convert '{s}' to decimal: it must be a base-10 number");
-            if body.is_empty() || s.starts_with("0x") || s.starts_with("0X") || s.trim() != s.as_str() {
+            if body.is_empty()
+                || s.starts_with("0x")
+                || s.starts_with("0X")
+                || s.trim() != s.as_str()
+            {
                 return Err(bad());
             }
             s.parse::<Decimal128>().map_err(|_| bad())?
@@ -450,7 +508,8 @@ mod tests {
 
     fn eval(expr: &str, doc: &str) -> Result<Value, String> {
         let e = Expression::compile(&parse_value(expr).unwrap()).map_err(|e| e.to_string())?;
-        e.evaluate(&parse_document(doc).unwrap()).map_err(|e| e.to_string())
+        e.evaluate(&parse_document(doc).unwrap())
+            .map_err(|e| e.to_string())
     }
 
     fn json(expr: &str) -> String {
@@ -480,14 +539,26 @@ mod tests {
         assert_eq!(json(r#"{"$toInt": {"$numberDecimal": "-5.7"}}"#), "-5");
         assert!(json(r#"{"$toInt": "abc"}"#).starts_with("error: $toInt: cannot convert 'abc'"));
         assert!(json(r#"{"$toInt": 3e10}"#).contains("out of range"));
-        assert_eq!(json(r#"{"$toLong": {"$date": "1970-01-01T00:00:01Z"}}"#), "1000");
-        assert_eq!(json(r#"{"$toDecimal": 2.5}"#), r#"{"$numberDecimal":"2.50000000000000"}"#);
+        assert_eq!(
+            json(r#"{"$toLong": {"$date": "1970-01-01T00:00:01Z"}}"#),
+            "1000"
+        );
+        assert_eq!(
+            json(r#"{"$toDecimal": 2.5}"#),
+            r#"{"$numberDecimal":"2.50000000000000"}"#
+        );
         assert_eq!(json(r#"{"$toDouble": "-5.5"}"#), "-5.5");
         assert!(json(r#"{"$toDouble": "0x6400"}"#).starts_with("error"));
         assert_eq!(json(r#"{"$toBool": ""}"#), "true");
         assert_eq!(json(r#"{"$toBool": 0.0}"#), "false");
-        assert_eq!(json(r#"{"$toString": {"$date": "2018-03-27T16:58:51.538Z"}}"#), r#""2018-03-27T16:58:51.538Z""#);
-        assert_eq!(json(r#"{"$toDate": "2018-03-20T12:00:00+0500"}"#), r#"{"$date":"2018-03-20T07:00:00Z"}"#);
+        assert_eq!(
+            json(r#"{"$toString": {"$date": "2018-03-27T16:58:51.538Z"}}"#),
+            r#""2018-03-27T16:58:51.538Z""#
+        );
+        assert_eq!(
+            json(r#"{"$toDate": "2018-03-20T12:00:00+0500"}"#),
+            r#"{"$date":"2018-03-20T07:00:00Z"}"#
+        );
         assert_eq!(
             json(r#"{"$toDate": {"$oid": "5ab9cbfa31c2ab715d42129e"}}"#),
             r#"{"$date":"2018-03-27T04:43:38Z"}"#
@@ -496,9 +567,17 @@ mod tests {
         assert_eq!(json(r#"{"$toString": null}"#), "null");
         assert_eq!(json(r#"{"$type": "$nope"}"#), r#""missing""#);
         assert_eq!(json(r#"{"$isNumber": {"$numberLong": "5"}}"#), "true");
-        assert_eq!(json(r#"{"$convert": {"input": "x", "to": "int", "onError": -1}}"#), "-1");
-        assert_eq!(json(r#"{"$convert": {"input": "$n", "to": 16, "onNull": 0}}"#), "0");
+        assert_eq!(
+            json(r#"{"$convert": {"input": "x", "to": "int", "onError": -1}}"#),
+            "-1"
+        );
+        assert_eq!(
+            json(r#"{"$convert": {"input": "$n", "to": 16, "onNull": 0}}"#),
+            "0"
+        );
         assert_eq!(json(r#"{"$convert": {"input": 1, "to": "$n"}}"#), "null");
-        assert!(eval(r#"{"$convert": {"input": 1, "to": "bogus"}}"#, "{}").unwrap_err().contains("expression.$convert.to"));
+        assert!(eval(r#"{"$convert": {"input": 1, "to": "bogus"}}"#, "{}")
+            .unwrap_err()
+            .contains("expression.$convert.to"));
     }
 }

@@ -17,26 +17,56 @@ use std::sync::Arc;
 
 /// Operators of this family.
 pub(crate) const OPERATORS: &[(&str, CompileFn)] = &[
-    ("$year", |a, p, cx| compile_part("$year", Part::Year, a, p, cx)),
-    ("$month", |a, p, cx| compile_part("$month", Part::Month, a, p, cx)),
-    ("$dayOfMonth", |a, p, cx| compile_part("$dayOfMonth", Part::DayOfMonth, a, p, cx)),
-    ("$dayOfWeek", |a, p, cx| compile_part("$dayOfWeek", Part::DayOfWeek, a, p, cx)),
-    ("$dayOfYear", |a, p, cx| compile_part("$dayOfYear", Part::DayOfYear, a, p, cx)),
-    ("$hour", |a, p, cx| compile_part("$hour", Part::Hour, a, p, cx)),
-    ("$minute", |a, p, cx| compile_part("$minute", Part::Minute, a, p, cx)),
-    ("$second", |a, p, cx| compile_part("$second", Part::Second, a, p, cx)),
-    ("$millisecond", |a, p, cx| compile_part("$millisecond", Part::Millisecond, a, p, cx)),
-    ("$week", |a, p, cx| compile_part("$week", Part::Week, a, p, cx)),
-    ("$isoWeek", |a, p, cx| compile_part("$isoWeek", Part::IsoWeek, a, p, cx)),
-    ("$isoWeekYear", |a, p, cx| compile_part("$isoWeekYear", Part::IsoWeekYear, a, p, cx)),
-    ("$isoDayOfWeek", |a, p, cx| compile_part("$isoDayOfWeek", Part::IsoDayOfWeek, a, p, cx)),
+    ("$year", |a, p, cx| {
+        compile_part("$year", Part::Year, a, p, cx)
+    }),
+    ("$month", |a, p, cx| {
+        compile_part("$month", Part::Month, a, p, cx)
+    }),
+    ("$dayOfMonth", |a, p, cx| {
+        compile_part("$dayOfMonth", Part::DayOfMonth, a, p, cx)
+    }),
+    ("$dayOfWeek", |a, p, cx| {
+        compile_part("$dayOfWeek", Part::DayOfWeek, a, p, cx)
+    }),
+    ("$dayOfYear", |a, p, cx| {
+        compile_part("$dayOfYear", Part::DayOfYear, a, p, cx)
+    }),
+    ("$hour", |a, p, cx| {
+        compile_part("$hour", Part::Hour, a, p, cx)
+    }),
+    ("$minute", |a, p, cx| {
+        compile_part("$minute", Part::Minute, a, p, cx)
+    }),
+    ("$second", |a, p, cx| {
+        compile_part("$second", Part::Second, a, p, cx)
+    }),
+    ("$millisecond", |a, p, cx| {
+        compile_part("$millisecond", Part::Millisecond, a, p, cx)
+    }),
+    ("$week", |a, p, cx| {
+        compile_part("$week", Part::Week, a, p, cx)
+    }),
+    ("$isoWeek", |a, p, cx| {
+        compile_part("$isoWeek", Part::IsoWeek, a, p, cx)
+    }),
+    ("$isoWeekYear", |a, p, cx| {
+        compile_part("$isoWeekYear", Part::IsoWeekYear, a, p, cx)
+    }),
+    ("$isoDayOfWeek", |a, p, cx| {
+        compile_part("$isoDayOfWeek", Part::IsoDayOfWeek, a, p, cx)
+    }),
     ("$dateToString", compile_date_to_string),
     ("$dateFromString", compile_date_from_string),
     ("$dateToParts", compile_date_to_parts),
     ("$dateFromParts", compile_date_from_parts),
     ("$dateTrunc", compile_date_trunc),
-    ("$dateAdd", |a, p, cx| compile_date_add("$dateAdd", false, a, p, cx)),
-    ("$dateSubtract", |a, p, cx| compile_date_add("$dateSubtract", true, a, p, cx)),
+    ("$dateAdd", |a, p, cx| {
+        compile_date_add("$dateAdd", false, a, p, cx)
+    }),
+    ("$dateSubtract", |a, p, cx| {
+        compile_date_add("$dateSubtract", true, a, p, cx)
+    }),
     ("$dateDiff", compile_date_diff),
 ];
 
@@ -56,7 +86,10 @@ fn coerce_date(v: &Value, op: &str, what: &str) -> Result<i64, EvalError> {
         Value::ObjectId(o) => Ok(o.timestamp_secs() as i64 * 1000),
         other => Err(err(
             op,
-            format!("'{what}' must be a date, timestamp or objectId, found {}", other.type_name()),
+            format!(
+                "'{what}' must be a date, timestamp or objectId, found {}",
+                other.type_name()
+            ),
         )),
     }
 }
@@ -67,7 +100,9 @@ fn compile_opt(
     path: &str,
     cx: &mut CompileCtx,
 ) -> Result<Option<Expr>, CompileError> {
-    a.get(key).map(|v| compile_expr(v, &path_key(path, key), cx)).transpose()
+    a.get(key)
+        .map(|v| compile_expr(v, &path_key(path, key), cx))
+        .transpose()
 }
 
 /// An argument that is either parsed once at compile time or evaluated per document.
@@ -88,7 +123,9 @@ impl<T: Copy> Arg<T> {
         cx: &mut CompileCtx,
         parse: fn(&Value) -> Result<T, String>,
     ) -> Result<Arg<T>, CompileError> {
-        let Some(v) = v else { return Ok(Arg::Fixed(default)) };
+        let Some(v) = v else {
+            return Ok(Arg::Fixed(default));
+        };
         match compile_expr(v, path, cx)? {
             Expr::Literal(l) if !l.is_nullish() => parse(&l)
                 .map(Arg::Fixed)
@@ -98,7 +135,12 @@ impl<T: Copy> Arg<T> {
     }
 
     /// The value for this document; `None` when the argument is null or missing.
-    fn eval(&self, ctx: &Ctx<'_>, op: &str, parse: fn(&Value) -> Result<T, String>) -> Result<Option<T>, EvalError> {
+    fn eval(
+        &self,
+        ctx: &Ctx<'_>,
+        op: &str,
+        parse: fn(&Value) -> Result<T, String>,
+    ) -> Result<Option<T>, EvalError> {
         match self {
             Arg::Fixed(t) => Ok(Some(*t)),
             Arg::Dynamic(e) => {
@@ -117,7 +159,10 @@ fn parse_tz(v: &Value) -> Result<TimeZone, String> {
         Value::String(s) => {
             TimeZone::parse(s).ok_or_else(|| format!("unrecognized time zone identifier: \"{s}\""))
         }
-        other => Err(format!("timezone must evaluate to a string, found {}", other.type_name())),
+        other => Err(format!(
+            "timezone must evaluate to a string, found {}",
+            other.type_name()
+        )),
     }
 }
 
@@ -132,16 +177,23 @@ fn parse_unit(v: &Value) -> Result<TimeUnit, String> {
 
 fn parse_start_of_week(v: &Value) -> Result<u32, String> {
     match v {
-        Value::String(s) => datetime::parse_day_of_week(s)
-            .ok_or_else(|| format!("'startOfWeek' value cannot be recognized as a day of a week: '{s}'")),
-        other => Err(format!("'startOfWeek' must be a string, found {}", other.type_name())),
+        Value::String(s) => datetime::parse_day_of_week(s).ok_or_else(|| {
+            format!("'startOfWeek' value cannot be recognized as a day of a week: '{s}'")
+        }),
+        other => Err(format!(
+            "'startOfWeek' must be a string, found {}",
+            other.type_name()
+        )),
     }
 }
 
 fn parse_format(v: &Value, allowed: &str) -> Result<(), String> {
     match v {
         Value::String(s) => datetime::validate_format(s, allowed),
-        other => Err(format!("'format' must be a string, found {}", other.type_name())),
+        other => Err(format!(
+            "'format' must be a string, found {}",
+            other.type_name()
+        )),
     }
 }
 
@@ -151,7 +203,14 @@ fn compile_tz(
     path: &str,
     cx: &mut CompileCtx,
 ) -> Result<Arg<TimeZone>, CompileError> {
-    Arg::compile(a.get("timezone").copied(), TimeZone::Utc, op, &path_key(path, "timezone"), cx, parse_tz)
+    Arg::compile(
+        a.get("timezone").copied(),
+        TimeZone::Utc,
+        op,
+        &path_key(path, "timezone"),
+        cx,
+        parse_tz,
+    )
 }
 
 // ---------------------------------------------------------------------------------
@@ -235,11 +294,19 @@ fn compile_part(
                     format!("{name} takes exactly 1 argument, found {}", items.len()),
                 ));
             }
-            (compile_expr(&items[0], &path_index(path, 0), cx)?, Arg::Fixed(TimeZone::Utc))
+            (
+                compile_expr(&items[0], &path_index(path, 0), cx)?,
+                Arg::Fixed(TimeZone::Utc),
+            )
         }
         other => (compile_expr(other, path, cx)?, Arg::Fixed(TimeZone::Utc)),
     };
-    Ok(Expr::Op(Arc::new(PartOp { name, part, date, tz })))
+    Ok(Expr::Op(Arc::new(PartOp {
+        name,
+        part,
+        date,
+        tz,
+    })))
 }
 
 // ---------------------------------------------------------------------------------
@@ -263,7 +330,8 @@ impl Operator for DateToString {
             Some(f) => {
                 let f = f.eval(ctx)?;
                 if !f.is_nullish() {
-                    parse_format(&f, datetime::TO_STRING_SPECIFIERS).map_err(|m| err(TO_STRING, m))?;
+                    parse_format(&f, datetime::TO_STRING_SPECIFIERS)
+                        .map_err(|m| err(TO_STRING, m))?;
                 }
                 Some(f)
             }
@@ -276,7 +344,9 @@ impl Operator for DateToString {
                 None => Ok(Cow::Owned(Value::Null)),
             };
         }
-        let Some(tz) = tz else { return Ok(Cow::Owned(Value::Null)) };
+        let Some(tz) = tz else {
+            return Ok(Cow::Owned(Value::Null));
+        };
         let fmt: &str = match &format {
             Some(f) => match f.as_str() {
                 Some(s) => s,
@@ -291,19 +361,35 @@ impl Operator for DateToString {
     }
 }
 
-fn compile_date_to_string(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, CompileError> {
-    let a = named_args(TO_STRING, args, &["date"], &["format", "timezone", "onNull"], path)?;
+fn compile_date_to_string(
+    args: &Value,
+    path: &str,
+    cx: &mut CompileCtx,
+) -> Result<Expr, CompileError> {
+    let a = named_args(
+        TO_STRING,
+        args,
+        &["date"],
+        &["format", "timezone", "onNull"],
+        path,
+    )?;
     let date = compile_expr(a["date"], &path_key(path, "date"), cx)?;
     let format = compile_opt(&a, "format", path, cx)?;
     if let Some(Expr::Literal(f)) = &format {
         if !f.is_nullish() {
-            parse_format(f, datetime::TO_STRING_SPECIFIERS)
-                .map_err(|m| CompileError::new(path_key(path, "format"), format!("{TO_STRING}: {m}")))?;
+            parse_format(f, datetime::TO_STRING_SPECIFIERS).map_err(|m| {
+                CompileError::new(path_key(path, "format"), format!("{TO_STRING}: {m}"))
+            })?;
         }
     }
     let tz = compile_tz(&a, TO_STRING, path, cx)?;
     let on_null = compile_opt(&a, "onNull", path, cx)?;
-    Ok(Expr::Op(Arc::new(DateToString { date, format, tz, on_null })))
+    Ok(Expr::Op(Arc::new(DateToString {
+        date,
+        format,
+        tz,
+        on_null,
+    })))
 }
 
 // ---------------------------------------------------------------------------------
@@ -328,7 +414,8 @@ impl Operator for DateFromString {
             Some(f) => {
                 let f = f.eval(ctx)?;
                 if !f.is_nullish() {
-                    parse_format(&f, datetime::FROM_STRING_SPECIFIERS).map_err(|m| err(FROM_STRING, m))?;
+                    parse_format(&f, datetime::FROM_STRING_SPECIFIERS)
+                        .map_err(|m| err(FROM_STRING, m))?;
                 }
                 Some(f)
             }
@@ -343,7 +430,9 @@ impl Operator for DateFromString {
         }
         let result = match input.as_ref() {
             Value::String(s) => {
-                let Some(tz) = tz else { return Ok(Cow::Owned(Value::Null)) };
+                let Some(tz) = tz else {
+                    return Ok(Cow::Owned(Value::Null));
+                };
                 let fmt = match &format {
                     Some(f) => match f.as_str() {
                         Some(f) => Some(f),
@@ -368,20 +457,37 @@ impl Operator for DateFromString {
     }
 }
 
-fn compile_date_from_string(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, CompileError> {
-    let a = named_args(FROM_STRING, args, &["dateString"], &["format", "timezone", "onError", "onNull"], path)?;
+fn compile_date_from_string(
+    args: &Value,
+    path: &str,
+    cx: &mut CompileCtx,
+) -> Result<Expr, CompileError> {
+    let a = named_args(
+        FROM_STRING,
+        args,
+        &["dateString"],
+        &["format", "timezone", "onError", "onNull"],
+        path,
+    )?;
     let date_string = compile_expr(a["dateString"], &path_key(path, "dateString"), cx)?;
     let format = compile_opt(&a, "format", path, cx)?;
     if let Some(Expr::Literal(f)) = &format {
         if !f.is_nullish() {
-            parse_format(f, datetime::FROM_STRING_SPECIFIERS)
-                .map_err(|m| CompileError::new(path_key(path, "format"), format!("{FROM_STRING}: {m}")))?;
+            parse_format(f, datetime::FROM_STRING_SPECIFIERS).map_err(|m| {
+                CompileError::new(path_key(path, "format"), format!("{FROM_STRING}: {m}"))
+            })?;
         }
     }
     let tz = compile_tz(&a, FROM_STRING, path, cx)?;
     let on_error = compile_opt(&a, "onError", path, cx)?;
     let on_null = compile_opt(&a, "onNull", path, cx)?;
-    Ok(Expr::Op(Arc::new(DateFromString { date_string, format, tz, on_error, on_null })))
+    Ok(Expr::Op(Arc::new(DateFromString {
+        date_string,
+        format,
+        tz,
+        on_error,
+        on_null,
+    })))
 }
 
 // ---------------------------------------------------------------------------------
@@ -434,11 +540,22 @@ impl Operator for DateToParts {
     }
 }
 
-fn compile_date_to_parts(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, CompileError> {
+fn compile_date_to_parts(
+    args: &Value,
+    path: &str,
+    cx: &mut CompileCtx,
+) -> Result<Expr, CompileError> {
     let a = named_args(TO_PARTS, args, &["date"], &["timezone", "iso8601"], path)?;
     let date = compile_expr(a["date"], &path_key(path, "date"), cx)?;
     let tz = compile_tz(&a, TO_PARTS, path, cx)?;
-    let iso = Arg::compile(a.get("iso8601").copied(), false, TO_PARTS, &path_key(path, "iso8601"), cx, parse_bool)?;
+    let iso = Arg::compile(
+        a.get("iso8601").copied(),
+        false,
+        TO_PARTS,
+        &path_key(path, "iso8601"),
+        cx,
+        parse_bool,
+    )?;
     Ok(Expr::Op(Arc::new(DateToParts { date, tz, iso })))
 }
 
@@ -473,7 +590,13 @@ impl Operator for DateFromParts {
                 continue;
             }
             let n = v.as_i64_exact().ok_or_else(|| {
-                err(FROM_PARTS, format!("'{name}' must evaluate to an integer, found {} with value {v}", v.type_name()))
+                err(
+                    FROM_PARTS,
+                    format!(
+                        "'{name}' must evaluate to an integer, found {} with value {v}",
+                        v.type_name()
+                    ),
+                )
             })?;
             if *bounded && !(-32768..=32767).contains(&n) {
                 return Err(err(
@@ -493,7 +616,10 @@ impl Operator for DateFromParts {
         if !(1..=9999).contains(&vals[0]) {
             return Err(err(
                 FROM_PARTS,
-                format!("'{year_name}' must evaluate to an integer in the range 1 to 9999, found {}", vals[0]),
+                format!(
+                    "'{year_name}' must evaluate to an integer in the range 1 to 9999, found {}",
+                    vals[0]
+                ),
             ));
         }
         let [y, m, d, h, mi, s, ms] = vals;
@@ -502,11 +628,16 @@ impl Operator for DateFromParts {
         } else {
             datetime::from_parts(y, m, d, h, mi, s, ms, &tz)
         };
-        r.map(|ms| Cow::Owned(Value::Date(ms))).map_err(|m| err(FROM_PARTS, m))
+        r.map(|ms| Cow::Owned(Value::Date(ms)))
+            .map_err(|m| err(FROM_PARTS, m))
     }
 }
 
-fn compile_date_from_parts(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, CompileError> {
+fn compile_date_from_parts(
+    args: &Value,
+    path: &str,
+    cx: &mut CompileCtx,
+) -> Result<Expr, CompileError> {
     const CAL: [&str; 3] = ["year", "month", "day"];
     const ISO: [&str; 3] = ["isoWeekYear", "isoWeek", "isoDayOfWeek"];
     let a = named_args(
@@ -514,8 +645,17 @@ fn compile_date_from_parts(args: &Value, path: &str, cx: &mut CompileCtx) -> Res
         args,
         &[],
         &[
-            "year", "month", "day", "isoWeekYear", "isoWeek", "isoDayOfWeek", "hour", "minute", "second",
-            "millisecond", "timezone",
+            "year",
+            "month",
+            "day",
+            "isoWeekYear",
+            "isoWeek",
+            "isoDayOfWeek",
+            "hour",
+            "minute",
+            "second",
+            "millisecond",
+            "timezone",
         ],
         path,
     )?;
@@ -532,7 +672,10 @@ fn compile_date_from_parts(args: &Value, path: &str, cx: &mut CompileCtx) -> Res
     if !a.contains_key(date_names[0]) {
         return Err(CompileError::new(
             path,
-            format!("{FROM_PARTS}: '{}' is required (or use 'year' / 'isoWeekYear')", date_names[0]),
+            format!(
+                "{FROM_PARTS}: '{}' is required (or use 'year' / 'isoWeekYear')",
+                date_names[0]
+            ),
         ));
     }
     let mut fields = Vec::with_capacity(7);
@@ -559,9 +702,13 @@ fn compile_date_from_parts(args: &Value, path: &str, cx: &mut CompileCtx) -> Res
 const TRUNC: &str = "$dateTrunc";
 
 fn parse_bin_size(v: &Value) -> Result<i64, String> {
-    let n = v
-        .as_i64_exact()
-        .ok_or_else(|| format!("'binSize' must be a 64-bit integer, found {} of type {}", v, v.type_name()))?;
+    let n = v.as_i64_exact().ok_or_else(|| {
+        format!(
+            "'binSize' must be a 64-bit integer, found {} of type {}",
+            v,
+            v.type_name()
+        )
+    })?;
     if n <= 0 {
         return Err(format!("'binSize' must be greater than 0, found {n}"));
     }
@@ -584,8 +731,12 @@ impl Operator for DateTrunc {
         if date.is_nullish() {
             return null();
         }
-        let Some(bin) = self.bin_size.eval(ctx, TRUNC, parse_bin_size)? else { return null() };
-        let Some(unit) = self.unit.eval(ctx, TRUNC, parse_unit)? else { return null() };
+        let Some(bin) = self.bin_size.eval(ctx, TRUNC, parse_bin_size)? else {
+            return null();
+        };
+        let Some(unit) = self.unit.eval(ctx, TRUNC, parse_unit)? else {
+            return null();
+        };
         let sow = if unit == TimeUnit::Week {
             match self.start_of_week.eval(ctx, TRUNC, parse_start_of_week)? {
                 Some(s) => s,
@@ -594,7 +745,9 @@ impl Operator for DateTrunc {
         } else {
             datetime::DEFAULT_START_OF_WEEK
         };
-        let Some(tz) = self.tz.eval(ctx, TRUNC, parse_tz)? else { return null() };
+        let Some(tz) = self.tz.eval(ctx, TRUNC, parse_tz)? else {
+            return null();
+        };
         let ms = coerce_date(&date, TRUNC, "date")?;
         datetime::date_trunc(ms, unit, bin, &tz, sow)
             .map(|r| Cow::Owned(Value::Date(r)))
@@ -603,10 +756,30 @@ impl Operator for DateTrunc {
 }
 
 fn compile_date_trunc(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, CompileError> {
-    let a = named_args(TRUNC, args, &["date", "unit"], &["binSize", "timezone", "startOfWeek"], path)?;
+    let a = named_args(
+        TRUNC,
+        args,
+        &["date", "unit"],
+        &["binSize", "timezone", "startOfWeek"],
+        path,
+    )?;
     let date = compile_expr(a["date"], &path_key(path, "date"), cx)?;
-    let unit = Arg::compile(Some(a["unit"]), TimeUnit::Day, TRUNC, &path_key(path, "unit"), cx, parse_unit)?;
-    let bin_size = Arg::compile(a.get("binSize").copied(), 1, TRUNC, &path_key(path, "binSize"), cx, parse_bin_size)?;
+    let unit = Arg::compile(
+        Some(a["unit"]),
+        TimeUnit::Day,
+        TRUNC,
+        &path_key(path, "unit"),
+        cx,
+        parse_unit,
+    )?;
+    let bin_size = Arg::compile(
+        a.get("binSize").copied(),
+        1,
+        TRUNC,
+        &path_key(path, "binSize"),
+        cx,
+        parse_bin_size,
+    )?;
     let tz = compile_tz(&a, TRUNC, path, cx)?;
     let start_of_week = Arg::compile(
         a.get("startOfWeek").copied(),
@@ -616,7 +789,13 @@ fn compile_date_trunc(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<E
         cx,
         parse_start_of_week,
     )?;
-    Ok(Expr::Op(Arc::new(DateTrunc { date, unit, bin_size, tz, start_of_week })))
+    Ok(Expr::Op(Arc::new(DateTrunc {
+        date,
+        unit,
+        bin_size,
+        tz,
+        start_of_week,
+    })))
 }
 
 // ---------------------------------------------------------------------------------
@@ -640,15 +819,25 @@ impl Operator for DateAdd {
         if start.is_nullish() {
             return null();
         }
-        let Some(unit) = self.unit.eval(ctx, self.name, parse_unit)? else { return null() };
+        let Some(unit) = self.unit.eval(ctx, self.name, parse_unit)? else {
+            return null();
+        };
         let amount = self.amount.eval(ctx)?;
         if amount.is_nullish() {
             return null();
         }
-        let Some(tz) = self.tz.eval(ctx, self.name, parse_tz)? else { return null() };
+        let Some(tz) = self.tz.eval(ctx, self.name, parse_tz)? else {
+            return null();
+        };
         let ms = coerce_date(&start, self.name, "startDate")?;
         let mut n = amount.as_i64_exact().ok_or_else(|| {
-            err(self.name, format!("expects an integer amount of time units, found {} {amount}", amount.type_name()))
+            err(
+                self.name,
+                format!(
+                    "expects an integer amount of time units, found {} {amount}",
+                    amount.type_name()
+                ),
+            )
         })?;
         if self.negate {
             n = n
@@ -668,12 +857,32 @@ fn compile_date_add(
     path: &str,
     cx: &mut CompileCtx,
 ) -> Result<Expr, CompileError> {
-    let a = named_args(name, args, &["startDate", "unit", "amount"], &["timezone"], path)?;
+    let a = named_args(
+        name,
+        args,
+        &["startDate", "unit", "amount"],
+        &["timezone"],
+        path,
+    )?;
     let start = compile_expr(a["startDate"], &path_key(path, "startDate"), cx)?;
-    let unit = Arg::compile(Some(a["unit"]), TimeUnit::Day, name, &path_key(path, "unit"), cx, parse_unit)?;
+    let unit = Arg::compile(
+        Some(a["unit"]),
+        TimeUnit::Day,
+        name,
+        &path_key(path, "unit"),
+        cx,
+        parse_unit,
+    )?;
     let amount = compile_expr(a["amount"], &path_key(path, "amount"), cx)?;
     let tz = compile_tz(&a, name, path, cx)?;
-    Ok(Expr::Op(Arc::new(DateAdd { name, negate, start, unit, amount, tz })))
+    Ok(Expr::Op(Arc::new(DateAdd {
+        name,
+        negate,
+        start,
+        unit,
+        amount,
+        tz,
+    })))
 }
 
 // ---------------------------------------------------------------------------------
@@ -702,7 +911,9 @@ impl Operator for DateDiff {
         if end.is_nullish() {
             return null();
         }
-        let Some(unit) = self.unit.eval(ctx, DIFF, parse_unit)? else { return null() };
+        let Some(unit) = self.unit.eval(ctx, DIFF, parse_unit)? else {
+            return null();
+        };
         let sow = if unit == TimeUnit::Week {
             match self.start_of_week.eval(ctx, DIFF, parse_start_of_week)? {
                 Some(s) => s,
@@ -711,7 +922,9 @@ impl Operator for DateDiff {
         } else {
             datetime::DEFAULT_START_OF_WEEK
         };
-        let Some(tz) = self.tz.eval(ctx, DIFF, parse_tz)? else { return null() };
+        let Some(tz) = self.tz.eval(ctx, DIFF, parse_tz)? else {
+            return null();
+        };
         let s = coerce_date(&start, DIFF, "startDate")?;
         let e = coerce_date(&end, DIFF, "endDate")?;
         datetime::date_diff(s, e, unit, &tz, sow)
@@ -721,10 +934,23 @@ impl Operator for DateDiff {
 }
 
 fn compile_date_diff(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, CompileError> {
-    let a = named_args(DIFF, args, &["startDate", "endDate", "unit"], &["timezone", "startOfWeek"], path)?;
+    let a = named_args(
+        DIFF,
+        args,
+        &["startDate", "endDate", "unit"],
+        &["timezone", "startOfWeek"],
+        path,
+    )?;
     let start = compile_expr(a["startDate"], &path_key(path, "startDate"), cx)?;
     let end = compile_expr(a["endDate"], &path_key(path, "endDate"), cx)?;
-    let unit = Arg::compile(Some(a["unit"]), TimeUnit::Day, DIFF, &path_key(path, "unit"), cx, parse_unit)?;
+    let unit = Arg::compile(
+        Some(a["unit"]),
+        TimeUnit::Day,
+        DIFF,
+        &path_key(path, "unit"),
+        cx,
+        parse_unit,
+    )?;
     let tz = compile_tz(&a, DIFF, path, cx)?;
     let start_of_week = Arg::compile(
         a.get("startOfWeek").copied(),
@@ -734,7 +960,13 @@ fn compile_date_diff(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Ex
         cx,
         parse_start_of_week,
     )?;
-    Ok(Expr::Op(Arc::new(DateDiff { start, end, unit, tz, start_of_week })))
+    Ok(Expr::Op(Arc::new(DateDiff {
+        start,
+        end,
+        unit,
+        tz,
+        start_of_week,
+    })))
 }
 
 #[cfg(test)]
@@ -758,31 +990,70 @@ mod tests {
     #[test]
     fn parts() {
         assert_eq!(run(r#"{"$year": "$d"}"#, DOC), "2014");
-        assert_eq!(run(r#"{"$hour": {"date": "$d", "timezone": "America/New_York"}}"#, DOC), "3");
-        assert_eq!(run(r#"{"$minute": {"date": "$d", "timezone": "+05:30"}}"#, DOC), "45");
+        assert_eq!(
+            run(
+                r#"{"$hour": {"date": "$d", "timezone": "America/New_York"}}"#,
+                DOC
+            ),
+            "3"
+        );
+        assert_eq!(
+            run(r#"{"$minute": {"date": "$d", "timezone": "+05:30"}}"#, DOC),
+            "45"
+        );
         assert_eq!(run(r#"{"$dayOfWeek": ["$d"]}"#, DOC), "4");
         assert_eq!(run(r#"{"$isoWeekYear": "$d"}"#, DOC), "2014");
         assert_eq!(run(r#"{"$year": "$nope"}"#, DOC), "null");
         assert!(run(r#"{"$year": "2014"}"#, DOC).starts_with("error: $year:"));
-        assert!(run(r#"{"$year": {"date": "$d", "timezone": "Nowhere/City"}}"#, DOC)
-            .contains("expression.$year.timezone"));
-        assert_eq!(run(r#"{"$second": {"$timestamp": {"t": 1, "i": 1}}}"#, "{}"), "1");
+        assert!(run(
+            r#"{"$year": {"date": "$d", "timezone": "Nowhere/City"}}"#,
+            DOC
+        )
+        .contains("expression.$year.timezone"));
+        assert_eq!(
+            run(r#"{"$second": {"$timestamp": {"t": 1, "i": 1}}}"#, "{}"),
+            "1"
+        );
     }
 
     #[test]
     fn to_and_from_string() {
-        assert_eq!(run(r#"{"$dateToString": {"date": "$d"}}"#, DOC), r#""2014-01-01T08:15:39.736Z""#);
         assert_eq!(
-            run(r#"{"$dateToString": {"date": "$d", "timezone": "America/New_York"}}"#, DOC),
+            run(r#"{"$dateToString": {"date": "$d"}}"#, DOC),
+            r#""2014-01-01T08:15:39.736Z""#
+        );
+        assert_eq!(
+            run(
+                r#"{"$dateToString": {"date": "$d", "timezone": "America/New_York"}}"#,
+                DOC
+            ),
             r#""2014-01-01T03:15:39.736""#
         );
-        assert_eq!(run(r#"{"$dateToString": {"date": "$x", "onNull": "none"}}"#, DOC), r#""none""#);
-        assert!(run(r#"{"$dateToString": {"date": "$d", "format": "%Q"}}"#, DOC).starts_with("compile error"));
         assert_eq!(
-            run(r#"{"$dateFromString": {"dateString": "06-15-2018", "format": "%m-%d-%Y"}}"#, "{}"),
+            run(
+                r#"{"$dateToString": {"date": "$x", "onNull": "none"}}"#,
+                DOC
+            ),
+            r#""none""#
+        );
+        assert!(
+            run(r#"{"$dateToString": {"date": "$d", "format": "%Q"}}"#, DOC)
+                .starts_with("compile error")
+        );
+        assert_eq!(
+            run(
+                r#"{"$dateFromString": {"dateString": "06-15-2018", "format": "%m-%d-%Y"}}"#,
+                "{}"
+            ),
             r#"{"$date":"2018-06-15T00:00:00Z"}"#
         );
-        assert_eq!(run(r#"{"$dateFromString": {"dateString": "x", "onError": 0}}"#, "{}"), "0");
+        assert_eq!(
+            run(
+                r#"{"$dateFromString": {"dateString": "x", "onError": 0}}"#,
+                "{}"
+            ),
+            "0"
+        );
     }
 
     #[test]
@@ -792,27 +1063,43 @@ mod tests {
             r#"{"isoWeekYear":2014,"isoWeek":1,"isoDayOfWeek":3,"hour":8,"minute":15,"second":39,"millisecond":736}"#
         );
         assert_eq!(
-            run(r#"{"$dateFromParts": {"year": 2017, "month": 14, "day": 1, "hour": 12}}"#, "{}"),
+            run(
+                r#"{"$dateFromParts": {"year": 2017, "month": 14, "day": 1, "hour": 12}}"#,
+                "{}"
+            ),
             r#"{"$date":"2018-02-01T12:00:00Z"}"#
         );
-        assert!(run(r#"{"$dateFromParts": {"year": 2017, "isoWeek": 1}}"#, "{}").starts_with("compile error"));
+        assert!(
+            run(r#"{"$dateFromParts": {"year": 2017, "isoWeek": 1}}"#, "{}")
+                .starts_with("compile error")
+        );
         assert!(run(r#"{"$dateFromParts": {"year": 10000}}"#, "{}").contains("range 1 to 9999"));
     }
 
     #[test]
     fn arithmetic() {
         assert_eq!(
-            run(r#"{"$dateAdd": {"startDate": "$d", "unit": "month", "amount": 1}}"#, DOC),
+            run(
+                r#"{"$dateAdd": {"startDate": "$d", "unit": "month", "amount": 1}}"#,
+                DOC
+            ),
             r#"{"$date":"2014-02-01T08:15:39.736Z"}"#
         );
         assert_eq!(
-            run(r#"{"$dateDiff": {"startDate": "$d", "endDate": {"$date": "2015-01-01T00:00:00Z"}, "unit": "year"}}"#, DOC),
+            run(
+                r#"{"$dateDiff": {"startDate": "$d", "endDate": {"$date": "2015-01-01T00:00:00Z"}, "unit": "year"}}"#,
+                DOC
+            ),
             "1"
         );
         assert_eq!(
             run(r#"{"$dateTrunc": {"date": "$d", "unit": "hour"}}"#, DOC),
             r#"{"$date":"2014-01-01T08:00:00Z"}"#
         );
-        assert!(run(r#"{"$dateTrunc": {"date": "$d", "unit": "fortnight"}}"#, DOC).starts_with("compile error"));
+        assert!(run(
+            r#"{"$dateTrunc": {"date": "$d", "unit": "fortnight"}}"#,
+            DOC
+        )
+        .starts_with("compile error"));
     }
 }

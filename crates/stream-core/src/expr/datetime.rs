@@ -9,7 +9,9 @@
 //! 2000-01-01 in the zone. Errors are plain messages without an operator name; callers
 //! prefix the operator (`$dateAdd: ...`).
 
-use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, Offset, TimeZone as _, Timelike, Weekday};
+use chrono::{
+    Datelike, Duration, NaiveDate, NaiveDateTime, Offset, TimeZone as _, Timelike, Weekday,
+};
 
 const MS_PER_SECOND: i64 = 1000;
 const MS_PER_MINUTE: i64 = 60 * MS_PER_SECOND;
@@ -57,7 +59,10 @@ impl TimeZone {
             TimeZone::Utc => 0,
             TimeZone::Offset(s) => *s,
             TimeZone::Named(tz) => match chrono::DateTime::from_timestamp_millis(millis) {
-                Some(dt) => tz.offset_from_utc_datetime(&dt.naive_utc()).fix().local_minus_utc(),
+                Some(dt) => tz
+                    .offset_from_utc_datetime(&dt.naive_utc())
+                    .fix()
+                    .local_minus_utc(),
                 None => 0,
             },
         }
@@ -191,8 +196,18 @@ impl Local {
 }
 
 const MONTH_NAMES: [&str; 12] = [
-    "January", "February", "March", "April", "May", "June", "July", "August", "September",
-    "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ];
 
 /// Format specifiers `$dateToString` accepts (besides `%%`).
@@ -272,7 +287,11 @@ pub fn format_date(format: &str, millis: i64, tz: &TimeZone) -> Result<String, S
                 push_padded(&mut out, ((off / 60).abs() % 60) as i64, 2)?;
             }
             'Z' => out.push_str(itoa::Buffer::new().format(l.offset_secs / 60)),
-            other => return Err(format!("invalid format character '%{other}' in format string")),
+            other => {
+                return Err(format!(
+                    "invalid format character '%{other}' in format string"
+                ))
+            }
         }
     }
     Ok(out)
@@ -399,11 +418,31 @@ impl Cursor<'_> {
         };
         Some(sign * (h * 3600 + m * 60) as i32)
     }
+    fn skip_spaces(&mut self) {
+        while self.eat(b' ') {}
+    }
+    /// `st`, `nd`, `rd` or `th` after a day number.
+    fn ordinal_suffix(&mut self) {
+        let rest = &self.s[self.pos..];
+        if ["st", "nd", "rd", "th"]
+            .iter()
+            .any(|suf| rest.len() >= 2 && rest[..2].eq_ignore_ascii_case(suf.as_bytes()))
+        {
+            self.pos += 2;
+        }
+    }
+    /// A full month name or its three-letter abbreviation (with an optional `.`).
+    fn any_month_name(&mut self) -> Option<i64> {
+        let m = self.month_name(true).or_else(|| self.month_name(false))?;
+        self.eat(b'.');
+        Some(m)
+    }
     fn month_name(&mut self, full: bool) -> Option<i64> {
         let rest = &self.s[self.pos..];
         for (i, name) in MONTH_NAMES.iter().enumerate() {
             let name = if full { *name } else { &name[..3] };
-            if rest.len() >= name.len() && rest[..name.len()].eq_ignore_ascii_case(name.as_bytes()) {
+            if rest.len() >= name.len() && rest[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+            {
                 self.pos += name.len();
                 return Some(i as i64 + 1);
             }
@@ -415,7 +454,7 @@ impl Cursor<'_> {
 /// Parses a date string the way `$dateFromString` and `$toDate` do: with `format`
 /// (MongoDB's `$dateFromString` specifiers) or, without one, ISO-8601 style strings
 /// (`2024-01-31`, `2024-01-31T10:00:00.123Z`, `2024-01-31 10:00:00+02:00`,
-/// `2024/01/31`, `01/31/2024`). A string without an offset is read as local time in
+/// `2024/01/31`, `01/31/2024`, `January 31, 2024`, `31 Jan 2024 10:00`). A string without an offset is read as local time in
 /// `tz`; a string with one may not be combined with a time zone other than UTC.
 pub fn parse_date(s: &str, tz: &TimeZone, format: Option<&str>) -> Result<i64, String> {
     let err = |what: &str| format!("error parsing date string '{s}': {what}");
@@ -432,26 +471,46 @@ fn parse_default(s: &str) -> Option<Parsed> {
         pos: 0,
     };
     let mut p = Parsed::default();
-    let first = c.number(1, 4)?;
-    let digits = c.pos;
-    if digits == 4 && (c.eat(b'-') || c.eat(b'/')) {
-        let sep = c.s[c.pos - 1];
-        p.year = Some(first);
-        p.month = Some(c.number(1, 2)?);
-        if !c.eat(sep) {
-            return None;
-        }
+    if c.peek().is_some_and(|b| b.is_ascii_alphabetic()) {
+        // "February 8, 2017", "Feb 8 2017"
+        p.month = Some(c.any_month_name()?);
+        c.skip_spaces();
         p.day = Some(c.number(1, 2)?);
-    } else if digits <= 2 && c.eat(b'/') {
-        // American month/day/year.
-        p.month = Some(first);
-        p.day = Some(c.number(1, 2)?);
-        if !c.eat(b'/') {
-            return None;
-        }
+        c.ordinal_suffix();
+        c.eat(b',');
+        c.skip_spaces();
         p.year = Some(c.number(4, 4)?);
     } else {
-        return None;
+        let first = c.number(1, 4)?;
+        let digits = c.pos;
+        if digits == 4 && (c.eat(b'-') || c.eat(b'/')) {
+            let sep = c.s[c.pos - 1];
+            p.year = Some(first);
+            p.month = Some(c.number(1, 2)?);
+            if !c.eat(sep) {
+                return None;
+            }
+            p.day = Some(c.number(1, 2)?);
+        } else if digits <= 2 && c.eat(b'/') {
+            // American month/day/year.
+            p.month = Some(first);
+            p.day = Some(c.number(1, 2)?);
+            if !c.eat(b'/') {
+                return None;
+            }
+            p.year = Some(c.number(4, 4)?);
+        } else if digits <= 2 {
+            // "8 February 2017", "8th Feb 2017"
+            p.day = Some(first);
+            c.ordinal_suffix();
+            c.skip_spaces();
+            p.month = Some(c.any_month_name()?);
+            c.eat(b',');
+            c.skip_spaces();
+            p.year = Some(c.number(4, 4)?);
+        } else {
+            return None;
+        }
     }
     let had_sep = c.eat(b'T') || c.eat(b't') || c.eat(b' ');
     if had_sep && matches!(c.peek(), Some(b'0'..=b'9')) {
@@ -487,7 +546,10 @@ fn parse_with_format(s: &str, format: &str) -> Result<Parsed, String> {
         let f = fmt[i];
         if f != b'%' {
             if !c.eat(f) {
-                return Err(format!("the format separator '{}' does not match", f as char));
+                return Err(format!(
+                    "the format separator '{}' does not match",
+                    f as char
+                ));
             }
             i += 1;
             continue;
@@ -503,19 +565,57 @@ fn parse_with_format(s: &str, format: &str) -> Result<Parsed, String> {
                 }
             }
             b'Y' => p.year = Some(c.number(4, 4).ok_or_else(|| missing("a four digit year"))?),
-            b'G' => p.iso_year = Some(c.number(4, 4).ok_or_else(|| missing("a four digit ISO year"))?),
+            b'G' => {
+                p.iso_year = Some(
+                    c.number(4, 4)
+                        .ok_or_else(|| missing("a four digit ISO year"))?,
+                )
+            }
             b'm' => p.month = Some(c.number(1, 2).ok_or_else(|| missing("a two digit month"))?),
             b'd' => p.day = Some(c.number(1, 2).ok_or_else(|| missing("a two digit day"))?),
             b'H' => p.hour = Some(c.number(1, 2).ok_or_else(|| missing("a two digit hour"))?),
-            b'M' => p.minute = Some(c.number(1, 2).ok_or_else(|| missing("a two digit minute"))?),
-            b'S' => p.second = Some(c.number(1, 2).ok_or_else(|| missing("a two digit second"))?),
-            b'L' => p.millis = Some(c.number(1, 3).ok_or_else(|| missing("a three digit millisecond"))?),
-            b'j' => {
-                p.day_of_year = Some(c.number(1, 3).ok_or_else(|| missing("a three digit day of year"))?)
+            b'M' => {
+                p.minute = Some(
+                    c.number(1, 2)
+                        .ok_or_else(|| missing("a two digit minute"))?,
+                )
             }
-            b'V' => p.iso_week = Some(c.number(1, 2).ok_or_else(|| missing("a two digit ISO week"))?),
-            b'u' => p.iso_day = Some(c.number(1, 1).ok_or_else(|| missing("an ISO day of week"))?),
-            b'b' => p.month = Some(c.month_name(false).ok_or_else(|| missing("a three letter month name"))?),
+            b'S' => {
+                p.second = Some(
+                    c.number(1, 2)
+                        .ok_or_else(|| missing("a two digit second"))?,
+                )
+            }
+            b'L' => {
+                p.millis = Some(
+                    c.number(1, 3)
+                        .ok_or_else(|| missing("a three digit millisecond"))?,
+                )
+            }
+            b'j' => {
+                p.day_of_year = Some(
+                    c.number(1, 3)
+                        .ok_or_else(|| missing("a three digit day of year"))?,
+                )
+            }
+            b'V' => {
+                p.iso_week = Some(
+                    c.number(1, 2)
+                        .ok_or_else(|| missing("a two digit ISO week"))?,
+                )
+            }
+            b'u' => {
+                p.iso_day = Some(
+                    c.number(1, 1)
+                        .ok_or_else(|| missing("an ISO day of week"))?,
+                )
+            }
+            b'b' => {
+                p.month = Some(
+                    c.month_name(false)
+                        .ok_or_else(|| missing("a three letter month name"))?,
+                )
+            }
             b'B' => p.month = Some(c.month_name(true).ok_or_else(|| missing("a month name"))?),
             b'z' => p.offset = Some(c.zone().ok_or_else(|| missing("a time zone offset"))?),
             b'Z' => {
@@ -525,7 +625,9 @@ fn parse_with_format(s: &str, format: &str) -> Result<Parsed, String> {
                     c.eat(b'+');
                     false
                 };
-                let m = c.number(1, 4).ok_or_else(|| missing("an offset in minutes"))?;
+                let m = c
+                    .number(1, 4)
+                    .ok_or_else(|| missing("an offset in minutes"))?;
                 p.offset = Some(((if neg { -m } else { m }) * 60) as i32);
             }
             other => return Err(format!("invalid format character '%{}'", other as char)),
@@ -597,7 +699,13 @@ fn iso_date(year: i64, week: i64, day: i64) -> Option<NaiveDate> {
 // Building dates from parts ($dateFromParts)
 // ---------------------------------------------------------------------------------
 
-fn add_time(date: NaiveDate, hour: i64, minute: i64, second: i64, millis: i64) -> Option<NaiveDateTime> {
+fn add_time(
+    date: NaiveDate,
+    hour: i64,
+    minute: i64,
+    second: i64,
+    millis: i64,
+) -> Option<NaiveDateTime> {
     let ms = hour
         .checked_mul(MS_PER_HOUR)?
         .checked_add(minute.checked_mul(MS_PER_MINUTE)?)?
@@ -731,7 +839,15 @@ impl TimeUnit {
 /// Parses a `startOfWeek` value: a day name or its three-letter abbreviation, in any
 /// case. Returns the ISO day number, 1 (Monday) to 7 (Sunday).
 pub fn parse_day_of_week(s: &str) -> Option<u32> {
-    const DAYS: [&str; 7] = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"];
+    const DAYS: [&str; 7] = [
+        "monday",
+        "tuesday",
+        "wednesday",
+        "thursday",
+        "friday",
+        "saturday",
+        "sunday",
+    ];
     let lower = s.to_ascii_lowercase();
     DAYS.iter()
         .position(|d| *d == lower || d[..3] == lower)
@@ -742,8 +858,15 @@ pub fn parse_day_of_week(s: &str) -> Option<u32> {
 pub const DEFAULT_START_OF_WEEK: u32 = 7;
 
 fn days_in_month(year: i32, month: u32) -> u32 {
-    let (ny, nm) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
-    match (NaiveDate::from_ymd_opt(ny, nm, 1), NaiveDate::from_ymd_opt(year, month, 1)) {
+    let (ny, nm) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    match (
+        NaiveDate::from_ymd_opt(ny, nm, 1),
+        NaiveDate::from_ymd_opt(year, month, 1),
+    ) {
         (Some(next), Some(this)) => (next - this).num_days() as u32,
         _ => 31,
     }
@@ -775,7 +898,10 @@ pub fn date_add(millis: i64, unit: TimeUnit, amount: i64, tz: &TimeZone) -> Resu
         _ => max_days,
     };
     if amount <= -limit || amount >= limit {
-        return Err(format!("invalid 'amount' parameter value: {amount} {}", unit.name()));
+        return Err(format!(
+            "invalid 'amount' parameter value: {amount} {}",
+            unit.name()
+        ));
     }
     let local = tz.local(millis)?.dt;
     let new_local = match unit {
@@ -794,13 +920,18 @@ pub fn date_add(millis: i64, unit: TimeUnit, amount: i64, tz: &TimeZone) -> Resu
                 .and_time(local.time())
         }
         _ => {
-            let days = if unit == TimeUnit::Week { amount * 7 } else { amount };
+            let days = if unit == TimeUnit::Week {
+                amount * 7
+            } else {
+                amount
+            };
             local
                 .checked_add_signed(Duration::try_days(days).ok_or_else(date_add_overflow)?)
                 .ok_or_else(date_add_overflow)?
         }
     };
-    tz.local_to_millis(new_local).map_err(|_| date_add_overflow())
+    tz.local_to_millis(new_local)
+        .map_err(|_| date_add_overflow())
 }
 
 /// Day of the week counted from `start_of_week` (ISO number): 0 for the first day.
@@ -813,7 +944,9 @@ fn diff_days(start: NaiveDate, end: NaiveDate) -> i64 {
 }
 
 fn diff_weeks(start: NaiveDate, end: NaiveDate, start_of_week: u32) -> i64 {
-    (diff_days(start, end) + week_day_index(start, start_of_week) - week_day_index(end, start_of_week)) / 7
+    (diff_days(start, end) + week_day_index(start, start_of_week)
+        - week_day_index(end, start_of_week))
+        / 7
 }
 
 fn diff_months(start: NaiveDate, end: NaiveDate) -> i64 {
@@ -821,7 +954,8 @@ fn diff_months(start: NaiveDate, end: NaiveDate) -> i64 {
 }
 
 fn diff_quarters(start: NaiveDate, end: NaiveDate) -> i64 {
-    (end.year() as i64 - start.year() as i64) * 4 + end.month0() as i64 / 3 - start.month0() as i64 / 3
+    (end.year() as i64 - start.year() as i64) * 4 + end.month0() as i64 / 3
+        - start.month0() as i64 / 3
 }
 
 /// `$dateDiff`: the number of unit boundaries crossed from `start` to `end` on the
@@ -829,9 +963,17 @@ fn diff_quarters(start: NaiveDate, end: NaiveDate) -> i64 {
 /// `start_of_week` (ISO day number, 7 = Sunday). Hours, minutes and seconds are
 /// corrected for a change of UTC offset between the two instants, so they count
 /// elapsed boundaries.
-pub fn date_diff(start: i64, end: i64, unit: TimeUnit, tz: &TimeZone, start_of_week: u32) -> Result<i64, String> {
+pub fn date_diff(
+    start: i64,
+    end: i64,
+    unit: TimeUnit,
+    tz: &TimeZone,
+    start_of_week: u32,
+) -> Result<i64, String> {
     if unit == TimeUnit::Millisecond {
-        return end.checked_sub(start).ok_or_else(|| "dateDiff overflowed".to_string());
+        return end
+            .checked_sub(start)
+            .ok_or_else(|| "dateDiff overflowed".to_string());
     }
     let s = tz.local(start)?;
     let e = tz.local(end)?;
@@ -848,7 +990,8 @@ pub fn date_diff(start: i64, end: i64, unit: TimeUnit, tz: &TimeZone, start_of_w
         TimeUnit::Hour => hours() + z / 3600,
         TimeUnit::Minute => minutes() + z / 60,
         TimeUnit::Second => minutes() * 60 + e.second() as i64 - s.second() as i64 + z,
-        TimeUnit::Millisecond => unreachable!("handled above"),
+        // Returned early above; kept for exhaustiveness.
+        TimeUnit::Millisecond => end.saturating_sub(start),
     })
 }
 
@@ -856,17 +999,28 @@ pub fn date_diff(start: i64, end: i64, unit: TimeUnit, tz: &TimeZone, start_of_w
 /// aligned to 2000-01-01T00:00 local time in `tz` (for weeks, to the first
 /// `start_of_week` on or after it). Hours and shorter units bin by elapsed time from
 /// that reference; longer units by calendar position.
-pub fn date_trunc(millis: i64, unit: TimeUnit, bin_size: i64, tz: &TimeZone, start_of_week: u32) -> Result<i64, String> {
+pub fn date_trunc(
+    millis: i64,
+    unit: TimeUnit,
+    bin_size: i64,
+    tz: &TimeZone,
+    start_of_week: u32,
+) -> Result<i64, String> {
     let overflow = || "dateTrunc overflowed".to_string();
     if bin_size <= 0 {
-        return Err(format!("'binSize' must be greater than 0, found {bin_size}"));
+        return Err(format!(
+            "'binSize' must be greater than 0, found {bin_size}"
+        ));
     }
-    let mut ref_millis = TRUNC_REFERENCE_MILLIS - tz.offset_secs(TRUNC_REFERENCE_MILLIS) as i64 * 1000;
+    let mut ref_millis =
+        TRUNC_REFERENCE_MILLIS - tz.offset_secs(TRUNC_REFERENCE_MILLIS) as i64 * 1000;
     let mut ref_date = NaiveDate::from_ymd_opt(2000, 1, 1).ok_or_else(overflow)?;
     if let Some(unit_ms) = unit.fixed_millis() {
         let bin_ms = bin_size.checked_mul(unit_ms).ok_or_else(overflow)?;
         let shifted = millis.checked_sub(ref_millis).ok_or_else(overflow)?;
-        return millis.checked_sub(shifted.rem_euclid(bin_ms)).ok_or_else(overflow);
+        return millis
+            .checked_sub(shifted.rem_euclid(bin_ms))
+            .ok_or_else(overflow);
     }
     if bin_size > 100_000_000_000 {
         return Err("unsupported 'binSize' value: it may be at most 100000000000".into());
@@ -895,7 +1049,9 @@ mod tests {
     use super::*;
 
     fn ms(s: &str) -> i64 {
-        chrono::DateTime::parse_from_rfc3339(s).expect("test date").timestamp_millis()
+        chrono::DateTime::parse_from_rfc3339(s)
+            .expect("test date")
+            .timestamp_millis()
     }
 
     #[test]
@@ -904,7 +1060,10 @@ mod tests {
         assert_eq!(TimeZone::parse("-0800"), Some(TimeZone::Offset(-28800)));
         assert_eq!(TimeZone::parse("+03"), Some(TimeZone::Offset(10800)));
         assert_eq!(TimeZone::parse("+00:00"), Some(TimeZone::Utc));
-        assert!(matches!(TimeZone::parse("America/New_York"), Some(TimeZone::Named(_))));
+        assert!(matches!(
+            TimeZone::parse("America/New_York"),
+            Some(TimeZone::Named(_))
+        ));
         assert_eq!(TimeZone::parse("Mars/Olympus"), None);
         assert_eq!(TimeZone::parse("+5"), None);
     }
@@ -913,7 +1072,10 @@ mod tests {
     fn week_numbers() {
         // 2016-01-01 is a Friday: week 0, ISO week 53 of 2015.
         let l = TimeZone::Utc.local(ms("2016-01-01T00:00:00Z")).unwrap();
-        assert_eq!((l.week(), l.iso_week(), l.iso_week_year(), l.day_of_week()), (0, 53, 2015, 6));
+        assert_eq!(
+            (l.week(), l.iso_week(), l.iso_week_year(), l.day_of_week()),
+            (0, 53, 2015, 6)
+        );
         let l = TimeZone::Utc.local(ms("2017-01-01T00:00:00Z")).unwrap(); // Sunday
         assert_eq!((l.week(), l.day_of_week(), l.iso_day_of_week()), (1, 1, 7));
     }
@@ -922,11 +1084,19 @@ mod tests {
     fn formatting() {
         let t = ms("2014-01-01T08:15:39.736Z");
         assert_eq!(
-            format_date("%Y-%m-%d %H:%M:%S.%L %j %w %U %G %V %u %% %b %B", t, &TimeZone::Utc).unwrap(),
+            format_date(
+                "%Y-%m-%d %H:%M:%S.%L %j %w %U %G %V %u %% %b %B",
+                t,
+                &TimeZone::Utc
+            )
+            .unwrap(),
             "2014-01-01 08:15:39.736 001 4 00 2014 01 3 % Jan January"
         );
         let ny = TimeZone::parse("America/New_York").unwrap();
-        assert_eq!(format_date("%H:%M %z %Z", t, &ny).unwrap(), "03:15 -0500 -300");
+        assert_eq!(
+            format_date("%H:%M %z %Z", t, &ny).unwrap(),
+            "03:15 -0500 -300"
+        );
         let ist = TimeZone::parse("+05:30").unwrap();
         assert_eq!(format_date("%z %Z", t, &ist).unwrap(), "+0530 330");
         assert!(validate_format("%Y-%q", TO_STRING_SPECIFIERS).is_err());
@@ -936,63 +1106,187 @@ mod tests {
     #[test]
     fn parsing() {
         let utc = TimeZone::Utc;
-        assert_eq!(parse_date("2017-02-08T12:10:40.787Z", &utc, None), Ok(ms("2017-02-08T12:10:40.787Z")));
-        assert_eq!(parse_date("2017-02-08", &utc, None), Ok(ms("2017-02-08T00:00:00Z")));
-        assert_eq!(parse_date("2017-02-08T12:10:40+05:00", &utc, None), Ok(ms("2017-02-08T07:10:40Z")));
+        assert_eq!(
+            parse_date("2017-02-08T12:10:40.787Z", &utc, None),
+            Ok(ms("2017-02-08T12:10:40.787Z"))
+        );
+        assert_eq!(
+            parse_date("2017-02-08", &utc, None),
+            Ok(ms("2017-02-08T00:00:00Z"))
+        );
+        assert_eq!(
+            parse_date("2017-02-08T12:10:40+05:00", &utc, None),
+            Ok(ms("2017-02-08T07:10:40Z"))
+        );
         let ny = TimeZone::parse("America/New_York").unwrap();
-        assert_eq!(parse_date("2017-02-08T12:10:40.787", &ny, None), Ok(ms("2017-02-08T17:10:40.787Z")));
+        assert_eq!(
+            parse_date("2017-02-08T12:10:40.787", &ny, None),
+            Ok(ms("2017-02-08T17:10:40.787Z"))
+        );
         assert!(parse_date("2017-02-08T12:10:40Z", &ny, None).is_err());
-        assert_eq!(parse_date("15-06-2018", &utc, Some("%d-%m-%Y")), Ok(ms("2018-06-15T00:00:00Z")));
-        assert_eq!(parse_date("2018-W01-1", &utc, Some("%G-W%V-%u")), Ok(ms("2018-01-01T00:00:00Z")));
+        assert_eq!(
+            parse_date("15-06-2018", &utc, Some("%d-%m-%Y")),
+            Ok(ms("2018-06-15T00:00:00Z"))
+        );
+        assert_eq!(
+            parse_date("2018-W01-1", &utc, Some("%G-W%V-%u")),
+            Ok(ms("2018-01-01T00:00:00Z"))
+        );
         assert!(parse_date("2018-13-01", &utc, Some("%Y-%m-%d")).is_err());
         assert!(parse_date("2018-06", &utc, Some("%Y-%m")).is_err());
         assert!(parse_date("not a date", &utc, None).is_err());
+        assert_eq!(
+            parse_date("February 8, 2017", &utc, None),
+            Ok(ms("2017-02-08T00:00:00Z"))
+        );
+        assert_eq!(
+            parse_date("8th Feb 2017 10:20", &utc, None),
+            Ok(ms("2017-02-08T10:20:00Z"))
+        );
+        assert_eq!(
+            parse_date("Aug 14 2011 GMT", &utc, None),
+            Ok(ms("2011-08-14T00:00:00Z"))
+        );
     }
 
     #[test]
     fn adding() {
         let utc = TimeZone::Utc;
-        assert_eq!(date_add(ms("2020-01-31T10:00:00Z"), TimeUnit::Month, 1, &utc), Ok(ms("2020-02-29T10:00:00Z")));
-        assert_eq!(date_add(ms("2020-03-31T10:00:00Z"), TimeUnit::Month, -1, &utc), Ok(ms("2020-02-29T10:00:00Z")));
-        assert_eq!(date_add(ms("2020-02-29T00:00:00Z"), TimeUnit::Year, 1, &utc), Ok(ms("2021-02-28T00:00:00Z")));
+        assert_eq!(
+            date_add(ms("2020-01-31T10:00:00Z"), TimeUnit::Month, 1, &utc),
+            Ok(ms("2020-02-29T10:00:00Z"))
+        );
+        assert_eq!(
+            date_add(ms("2020-03-31T10:00:00Z"), TimeUnit::Month, -1, &utc),
+            Ok(ms("2020-02-29T10:00:00Z"))
+        );
+        assert_eq!(
+            date_add(ms("2020-02-29T00:00:00Z"), TimeUnit::Year, 1, &utc),
+            Ok(ms("2021-02-28T00:00:00Z"))
+        );
         let ny = TimeZone::parse("America/New_York").unwrap();
         // Across the DST change the local time of day is kept.
-        assert_eq!(date_add(ms("2020-11-01T01:30:00Z"), TimeUnit::Day, 1, &ny), Ok(ms("2020-11-02T02:30:00Z")));
-        assert_eq!(date_add(ms("2020-11-01T05:50:02Z"), TimeUnit::Hour, 1, &ny), Ok(ms("2020-11-01T06:50:02Z")));
+        assert_eq!(
+            date_add(ms("2020-11-01T01:30:00Z"), TimeUnit::Day, 1, &ny),
+            Ok(ms("2020-11-02T02:30:00Z"))
+        );
+        assert_eq!(
+            date_add(ms("2020-11-01T05:50:02Z"), TimeUnit::Hour, 1, &ny),
+            Ok(ms("2020-11-01T06:50:02Z"))
+        );
     }
 
     #[test]
     fn diffing() {
         let utc = TimeZone::Utc;
         let d = |a, b, u| date_diff(ms(a), ms(b), u, &utc, DEFAULT_START_OF_WEEK).unwrap();
-        assert_eq!(d("2020-12-31T23:59:59Z", "2021-01-01T00:00:00Z", TimeUnit::Year), 1);
-        assert_eq!(d("2021-01-01T00:00:00Z", "2021-12-31T23:59:59Z", TimeUnit::Year), 0);
-        assert_eq!(d("2021-01-01T10:00:00Z", "2021-01-02T09:00:00Z", TimeUnit::Day), 1);
-        assert_eq!(d("2021-01-02T10:00:00Z", "2021-01-01T09:00:00Z", TimeUnit::Day), -1);
+        assert_eq!(
+            d(
+                "2020-12-31T23:59:59Z",
+                "2021-01-01T00:00:00Z",
+                TimeUnit::Year
+            ),
+            1
+        );
+        assert_eq!(
+            d(
+                "2021-01-01T00:00:00Z",
+                "2021-12-31T23:59:59Z",
+                TimeUnit::Year
+            ),
+            0
+        );
+        assert_eq!(
+            d(
+                "2021-01-01T10:00:00Z",
+                "2021-01-02T09:00:00Z",
+                TimeUnit::Day
+            ),
+            1
+        );
+        assert_eq!(
+            d(
+                "2021-01-02T10:00:00Z",
+                "2021-01-01T09:00:00Z",
+                TimeUnit::Day
+            ),
+            -1
+        );
         // 2021-01-02 is a Saturday, 2021-01-03 a Sunday.
-        assert_eq!(d("2021-01-02T00:00:00Z", "2021-01-03T00:00:00Z", TimeUnit::Week), 1);
-        assert_eq!(d("2021-01-03T00:00:00Z", "2021-01-09T00:00:00Z", TimeUnit::Week), 0);
-        assert_eq!(d("2021-01-01T00:00:00Z", "2021-04-01T00:00:00Z", TimeUnit::Quarter), 1);
+        assert_eq!(
+            d(
+                "2021-01-02T00:00:00Z",
+                "2021-01-03T00:00:00Z",
+                TimeUnit::Week
+            ),
+            1
+        );
+        assert_eq!(
+            d(
+                "2021-01-03T00:00:00Z",
+                "2021-01-09T00:00:00Z",
+                TimeUnit::Week
+            ),
+            0
+        );
+        assert_eq!(
+            d(
+                "2021-01-01T00:00:00Z",
+                "2021-04-01T00:00:00Z",
+                TimeUnit::Quarter
+            ),
+            1
+        );
     }
 
     #[test]
     fn truncating() {
         let utc = TimeZone::Utc;
         let t = ms("2021-03-20T11:30:05.200Z");
-        assert_eq!(date_trunc(t, TimeUnit::Month, 1, &utc, 7), Ok(ms("2021-03-01T00:00:00Z")));
-        assert_eq!(date_trunc(t, TimeUnit::Quarter, 1, &utc, 7), Ok(ms("2021-01-01T00:00:00Z")));
-        assert_eq!(date_trunc(t, TimeUnit::Week, 1, &utc, 7), Ok(ms("2021-03-14T00:00:00Z")));
-        assert_eq!(date_trunc(t, TimeUnit::Week, 1, &utc, 1), Ok(ms("2021-03-15T00:00:00Z")));
-        assert_eq!(date_trunc(t, TimeUnit::Hour, 2, &utc, 7), Ok(ms("2021-03-20T10:00:00Z")));
-        assert_eq!(date_trunc(t, TimeUnit::Year, 5, &utc, 7), Ok(ms("2020-01-01T00:00:00Z")));
+        assert_eq!(
+            date_trunc(t, TimeUnit::Month, 1, &utc, 7),
+            Ok(ms("2021-03-01T00:00:00Z"))
+        );
+        assert_eq!(
+            date_trunc(t, TimeUnit::Quarter, 1, &utc, 7),
+            Ok(ms("2021-01-01T00:00:00Z"))
+        );
+        assert_eq!(
+            date_trunc(t, TimeUnit::Week, 1, &utc, 7),
+            Ok(ms("2021-03-14T00:00:00Z"))
+        );
+        assert_eq!(
+            date_trunc(t, TimeUnit::Week, 1, &utc, 1),
+            Ok(ms("2021-03-15T00:00:00Z"))
+        );
+        assert_eq!(
+            date_trunc(t, TimeUnit::Hour, 2, &utc, 7),
+            Ok(ms("2021-03-20T10:00:00Z"))
+        );
+        assert_eq!(
+            date_trunc(t, TimeUnit::Year, 5, &utc, 7),
+            Ok(ms("2020-01-01T00:00:00Z"))
+        );
     }
 
     #[test]
     fn from_parts_carries() {
         let utc = TimeZone::Utc;
-        assert_eq!(from_parts(2017, 14, 1, 0, 0, 0, 0, &utc), Ok(ms("2018-02-01T00:00:00Z")));
-        assert_eq!(from_parts(2017, 2, 0, 0, 0, 0, 0, &utc), Ok(ms("2017-01-31T00:00:00Z")));
-        assert_eq!(from_parts(2017, 1, 1, 25, 0, 0, 0, &utc), Ok(ms("2017-01-02T01:00:00Z")));
-        assert_eq!(from_iso_parts(2017, 1, 1, 0, 0, 0, 0, &utc), Ok(ms("2017-01-02T00:00:00Z")));
+        assert_eq!(
+            from_parts(2017, 14, 1, 0, 0, 0, 0, &utc),
+            Ok(ms("2018-02-01T00:00:00Z"))
+        );
+        assert_eq!(
+            from_parts(2017, 2, 0, 0, 0, 0, 0, &utc),
+            Ok(ms("2017-01-31T00:00:00Z"))
+        );
+        assert_eq!(
+            from_parts(2017, 1, 1, 25, 0, 0, 0, &utc),
+            Ok(ms("2017-01-02T01:00:00Z"))
+        );
+        assert_eq!(
+            from_iso_parts(2017, 1, 1, 0, 0, 0, 0, &utc),
+            Ok(ms("2017-01-02T00:00:00Z"))
+        );
     }
 }

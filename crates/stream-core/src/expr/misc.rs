@@ -91,9 +91,14 @@ impl Operator for Function {
             .iter()
             .map(|a| a.eval(ctx).map(|v| if v.is_missing() { Value::Null } else { v.into_owned() }))
             .collect::<Result<Vec<_>, _>>()?;
-        (self.f)(&args)
-            .map(Cow::Owned)
-            .map_err(|e| EvalError::new(format!("$function '{}': {e}", self.name)))
+        (self.f)(&args).map(Cow::Owned).map_err(|e| {
+            let message = format!("$function '{}': {}", self.name, e.message);
+            if e.transient {
+                EvalError::transient(message)
+            } else {
+                EvalError::new(message)
+            }
+        })
     }
 }
 

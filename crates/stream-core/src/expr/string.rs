@@ -7,34 +7,76 @@
 //! expressions use the Rust `regex` crate: PCRE-only features (look-around,
 //! backreferences, possessive quantifiers, ...) are reported as compile errors.
 
-use super::{compile_expr, compile_fn, fn_op, named_args, CompileCtx, CompileFn, Ctx, Expr, Operator};
+use super::{
+    compile_expr, compile_fn, fn_op, named_args, CompileCtx, CompileFn, Ctx, Expr, Operator,
+};
 use crate::error::{path_key, CompileError, EvalError};
 use crate::value::{Document, Value};
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Operators of this family.
 pub(crate) const OPERATORS: &[(&str, CompileFn)] = &[
-    ("$concat", |a, p, cx| compile_fn("$concat", a, 0, usize::MAX, p, cx, eval_concat)),
-    ("$substrCP", |a, p, cx| compile_fn("$substrCP", a, 3, 3, p, cx, eval_substr_cp)),
-    ("$substrBytes", |a, p, cx| compile_fn("$substrBytes", a, 3, 3, p, cx, eval_substr_bytes)),
-    ("$substr", |a, p, cx| compile_fn("$substr", a, 3, 3, p, cx, eval_substr)),
-    ("$toUpper", |a, p, cx| compile_fn("$toUpper", a, 1, 1, p, cx, eval_to_upper)),
-    ("$toLower", |a, p, cx| compile_fn("$toLower", a, 1, 1, p, cx, eval_to_lower)),
-    ("$split", |a, p, cx| compile_fn("$split", a, 2, 2, p, cx, eval_split)),
-    ("$trim", |a, p, cx| compile_trim("$trim", a, p, cx, eval_trim)),
-    ("$ltrim", |a, p, cx| compile_trim("$ltrim", a, p, cx, eval_ltrim)),
-    ("$rtrim", |a, p, cx| compile_trim("$rtrim", a, p, cx, eval_rtrim)),
-    ("$strLenCP", |a, p, cx| compile_fn("$strLenCP", a, 1, 1, p, cx, eval_strlen_cp)),
-    ("$strLenBytes", |a, p, cx| compile_fn("$strLenBytes", a, 1, 1, p, cx, eval_strlen_bytes)),
-    ("$indexOfCP", |a, p, cx| compile_fn("$indexOfCP", a, 2, 4, p, cx, eval_index_of_cp)),
-    ("$indexOfBytes", |a, p, cx| compile_fn("$indexOfBytes", a, 2, 4, p, cx, eval_index_of_bytes)),
-    ("$regexMatch", |a, p, cx| compile_regex(RegexKind::Match, a, p, cx)),
-    ("$regexFind", |a, p, cx| compile_regex(RegexKind::Find, a, p, cx)),
-    ("$regexFindAll", |a, p, cx| compile_regex(RegexKind::FindAll, a, p, cx)),
-    ("$replaceOne", |a, p, cx| compile_replace("$replaceOne", a, p, cx, eval_replace_one)),
-    ("$replaceAll", |a, p, cx| compile_replace("$replaceAll", a, p, cx, eval_replace_all)),
-    ("$strcasecmp", |a, p, cx| compile_fn("$strcasecmp", a, 2, 2, p, cx, eval_strcasecmp)),
+    ("$concat", |a, p, cx| {
+        compile_fn("$concat", a, 0, usize::MAX, p, cx, eval_concat)
+    }),
+    ("$substrCP", |a, p, cx| {
+        compile_fn("$substrCP", a, 3, 3, p, cx, eval_substr_cp)
+    }),
+    ("$substrBytes", |a, p, cx| {
+        compile_fn("$substrBytes", a, 3, 3, p, cx, eval_substr_bytes)
+    }),
+    ("$substr", |a, p, cx| {
+        compile_fn("$substr", a, 3, 3, p, cx, eval_substr)
+    }),
+    ("$toUpper", |a, p, cx| {
+        compile_fn("$toUpper", a, 1, 1, p, cx, eval_to_upper)
+    }),
+    ("$toLower", |a, p, cx| {
+        compile_fn("$toLower", a, 1, 1, p, cx, eval_to_lower)
+    }),
+    ("$split", |a, p, cx| {
+        compile_fn("$split", a, 2, 2, p, cx, eval_split)
+    }),
+    ("$trim", |a, p, cx| {
+        compile_trim("$trim", a, p, cx, eval_trim)
+    }),
+    ("$ltrim", |a, p, cx| {
+        compile_trim("$ltrim", a, p, cx, eval_ltrim)
+    }),
+    ("$rtrim", |a, p, cx| {
+        compile_trim("$rtrim", a, p, cx, eval_rtrim)
+    }),
+    ("$strLenCP", |a, p, cx| {
+        compile_fn("$strLenCP", a, 1, 1, p, cx, eval_strlen_cp)
+    }),
+    ("$strLenBytes", |a, p, cx| {
+        compile_fn("$strLenBytes", a, 1, 1, p, cx, eval_strlen_bytes)
+    }),
+    ("$indexOfCP", |a, p, cx| {
+        compile_fn("$indexOfCP", a, 2, 4, p, cx, eval_index_of_cp)
+    }),
+    ("$indexOfBytes", |a, p, cx| {
+        compile_fn("$indexOfBytes", a, 2, 4, p, cx, eval_index_of_bytes)
+    }),
+    ("$regexMatch", |a, p, cx| {
+        compile_regex(RegexKind::Match, a, p, cx)
+    }),
+    ("$regexFind", |a, p, cx| {
+        compile_regex(RegexKind::Find, a, p, cx)
+    }),
+    ("$regexFindAll", |a, p, cx| {
+        compile_regex(RegexKind::FindAll, a, p, cx)
+    }),
+    ("$replaceOne", |a, p, cx| {
+        compile_replace("$replaceOne", a, p, cx, eval_replace_one)
+    }),
+    ("$replaceAll", |a, p, cx| {
+        compile_replace("$replaceAll", a, p, cx, eval_replace_all)
+    }),
+    ("$strcasecmp", |a, p, cx| {
+        compile_fn("$strcasecmp", a, 2, 2, p, cx, eval_strcasecmp)
+    }),
 ];
 
 // ---------------------------------------------------------------------------------
@@ -123,7 +165,8 @@ fn numeric_arg(op: &str, what: &str, v: &Value) -> Result<i64, EvalError> {
     match v.as_number() {
         Some(n) => {
             let f = n.to_f64();
-            Ok(n.to_i64_exact().unwrap_or(if f.is_nan() { 0 } else { f.trunc() as i64 }))
+            Ok(n.to_i64_exact()
+                .unwrap_or(if f.is_nan() { 0 } else { f.trunc() as i64 }))
         }
         None => Err(err(format!(
             "{op}: {what} must be a numeric type (is BSON type {})",
@@ -207,12 +250,16 @@ fn eval_substr_cp(args: &[Cow<'_, Value>]) -> Result<Value, EvalError> {
 
 /// `$toUpper`: ASCII letters only, as MongoDB.
 fn eval_to_upper(args: &[Cow<'_, Value>]) -> Result<Value, EvalError> {
-    Ok(Value::string(coerce_to_string("$toUpper", &args[0])?.to_ascii_uppercase()))
+    Ok(Value::string(
+        coerce_to_string("$toUpper", &args[0])?.to_ascii_uppercase(),
+    ))
 }
 
 /// `$toLower`: ASCII letters only, as MongoDB.
 fn eval_to_lower(args: &[Cow<'_, Value>]) -> Result<Value, EvalError> {
-    Ok(Value::string(coerce_to_string("$toLower", &args[0])?.to_ascii_lowercase()))
+    Ok(Value::string(
+        coerce_to_string("$toLower", &args[0])?.to_ascii_lowercase(),
+    ))
 }
 
 /// `$strcasecmp`: ASCII case-insensitive comparison → -1, 0 or 1.
@@ -276,7 +323,9 @@ fn eval_strlen_bytes(args: &[Cow<'_, Value>]) -> Result<Value, EvalError> {
 
 /// `$strLenCP`: code point count; the argument must be a string (null is an error).
 fn eval_strlen_cp(args: &[Cow<'_, Value>]) -> Result<Value, EvalError> {
-    Ok(len_value(string_arg("$strLenCP", &args[0])?.chars().count()))
+    Ok(len_value(
+        string_arg("$strLenCP", &args[0])?.chars().count(),
+    ))
 }
 
 // ---------------------------------------------------------------------------------
@@ -292,15 +341,21 @@ fn index_arg(op: &str, which: &str, v: &Value) -> Result<usize, EvalError> {
             v.to_json()
         ))
     })?;
-    usize::try_from(n)
-        .map_err(|_| err(format!("{op} requires a nonnegative {which} index, found: {n}")))
+    usize::try_from(n).map_err(|_| {
+        err(format!(
+            "{op} requires a nonnegative {which} index, found: {n}"
+        ))
+    })
 }
 
 /// The string, token and optional bounds shared by `$indexOfBytes` and `$indexOfCP`;
 /// `None` when the string is null or missing.
 type IndexArgs<'v> = (&'v str, &'v str, usize, Option<usize>);
 
-fn index_of_args<'v>(op: &str, args: &'v [Cow<'_, Value>]) -> Result<Option<IndexArgs<'v>>, EvalError> {
+fn index_of_args<'v>(
+    op: &str,
+    args: &'v [Cow<'_, Value>],
+) -> Result<Option<IndexArgs<'v>>, EvalError> {
     let input = match args[0].as_ref() {
         Value::String(s) => s.as_str(),
         v if v.is_nullish() => return Ok(None),
@@ -344,10 +399,12 @@ fn eval_index_of_bytes(args: &[Cow<'_, Value>]) -> Result<Value, EvalError> {
     if start > end {
         return Ok(Value::Int32(-1));
     }
-    Ok(match find_bytes(&input.as_bytes()[start..end], token.as_bytes()) {
-        Some(i) => len_value(start + i),
-        None => Value::Int32(-1),
-    })
+    Ok(
+        match find_bytes(&input.as_bytes()[start..end], token.as_bytes()) {
+            Some(i) => len_value(start + i),
+            None => Value::Int32(-1),
+        },
+    )
 }
 
 /// `$indexOfCP: [string, substring, start?, end?]` → code point index or -1.
@@ -391,7 +448,8 @@ fn compile_trim(
 fn is_trim_whitespace(c: char) -> bool {
     matches!(
         c,
-        '\0' | ' ' | '\t' | '\n' | '\u{0B}' | '\u{0C}' | '\r' | '\u{A0}' | '\u{1680}' | '\u{2000}'..='\u{200A}'
+        '\0' | ' ' | '\t' | '\n' | '\u{0B}' | '\u{0C}' | '\r' | '\u{A0}' | '\u{1680}' | '\u{2000}'
+            ..='\u{200A}'
     )
 }
 
@@ -467,7 +525,10 @@ fn compile_replace(
 
 /// The three string arguments of `$replace*`; `None` when any is null or missing.
 /// Non-string values are reported before null ones, as MongoDB does.
-fn replace_args<'v>(op: &str, args: &'v [Cow<'_, Value>]) -> Result<Option<[&'v str; 3]>, EvalError> {
+fn replace_args<'v>(
+    op: &str,
+    args: &'v [Cow<'_, Value>],
+) -> Result<Option<[&'v str; 3]>, EvalError> {
     for (v, name) in args.iter().zip(["input", "find", "replacement"]) {
         if !v.is_nullish() && v.as_str().is_none() {
             return Err(err(format!(
@@ -526,12 +587,20 @@ impl RegexKind {
     }
 }
 
+/// The most recently compiled dynamic regex with its flags.
+type RegexCache = Mutex<Option<(String, regex::Regex)>>;
+
 #[derive(Debug)]
 enum RegexSpec {
     /// Compiled once at pipeline compile time; `None` for a null regex.
     Const(Option<regex::Regex>),
-    /// Evaluated and compiled for each document.
-    Dynamic { regex: Expr, options: Option<Expr> },
+    /// Evaluated for each document; the last compiled regex is reused while the
+    /// pattern and flags stay the same.
+    Dynamic {
+        regex: Expr,
+        options: Option<Expr>,
+        last: RegexCache,
+    },
 }
 
 #[derive(Debug)]
@@ -541,7 +610,12 @@ struct RegexOp {
     spec: RegexSpec,
 }
 
-fn compile_regex(kind: RegexKind, args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, CompileError> {
+fn compile_regex(
+    kind: RegexKind,
+    args: &Value,
+    path: &str,
+    cx: &mut CompileCtx,
+) -> Result<Expr, CompileError> {
     let name = kind.name();
     let a = named_args(name, args, &["input", "regex"], &["options"], path)?;
     let input = compile_expr(a["input"], &path_key(path, "input"), cx)?;
@@ -554,17 +628,28 @@ fn compile_regex(kind: RegexKind, args: &Value, path: &str, cx: &mut CompileCtx)
     let spec = match (regex.as_literal(), options.as_ref().map(Expr::as_literal)) {
         (Some(r), None) | (Some(r), Some(Some(_))) => {
             let o = options.as_ref().and_then(Expr::as_literal);
-            let compiled = build_regex(name, r, o).map_err(|e| CompileError::new(regex_path, e.message))?;
+            let compiled = build_regex(name, r, o, None)
+                .map_err(|e| CompileError::new(regex_path, e.message))?;
             RegexSpec::Const(compiled)
         }
-        _ => RegexSpec::Dynamic { regex, options },
+        _ => RegexSpec::Dynamic {
+            regex,
+            options,
+            last: Mutex::new(None),
+        },
     };
     Ok(Expr::Op(Arc::new(RegexOp { kind, input, spec })))
 }
 
 /// Builds the regex from a `regex` value (string or BSON regex) and an `options`
-/// value; `Ok(None)` when the regex is null or missing.
-fn build_regex(op: &str, regex: &Value, options: Option<&Value>) -> Result<Option<regex::Regex>, EvalError> {
+/// value; `Ok(None)` when the regex is null or missing. With a cache, an unchanged
+/// pattern and flags reuse the previously compiled regex.
+fn build_regex(
+    op: &str,
+    regex: &Value,
+    options: Option<&Value>,
+    cache: Option<&RegexCache>,
+) -> Result<Option<regex::Regex>, EvalError> {
     let (pattern, regex_flags) = match regex {
         v if v.is_nullish() => return Ok(None),
         Value::String(s) => (s.as_str(), ""),
@@ -596,8 +681,20 @@ fn build_regex(op: &str, regex: &Value, options: Option<&Value>) -> Result<Optio
             "{op}: regular expression options string cannot contain an embedded null byte"
         )));
     }
+    let flags = if regex_flags.is_empty() {
+        option_flags
+    } else {
+        regex_flags
+    };
+    if let Some(Ok(guard)) = cache.map(Mutex::lock) {
+        if let Some((f, re)) = guard.as_ref() {
+            if f == flags && re.as_str() == pattern {
+                return Ok(Some(re.clone()));
+            }
+        }
+    }
     let mut builder = regex::RegexBuilder::new(pattern);
-    for flag in regex_flags.chars().chain(option_flags.chars()) {
+    for flag in flags.chars() {
         match flag {
             'i' => builder.case_insensitive(true),
             'm' => builder.multi_line(true),
@@ -606,13 +703,17 @@ fn build_regex(op: &str, regex: &Value, options: Option<&Value>) -> Result<Optio
             other => return Err(err(format!("{op} invalid flag in regex options: {other}"))),
         };
     }
-    builder.build().map(Some).map_err(|e| {
+    let re = builder.build().map_err(|e| {
         let detail = e.to_string().replace('\n', " ");
         let detail = detail.split_whitespace().collect::<Vec<_>>().join(" ");
         err(format!(
             "{op}: invalid regular expression /{pattern}/: {detail} (the Rust regex syntax is used: look-around and backreferences are not supported)"
         ))
-    })
+    })?;
+    if let Some(Ok(mut guard)) = cache.map(Mutex::lock) {
+        *guard = Some((flags.to_string(), re.clone()));
+    }
+    Ok(Some(re))
 }
 
 /// `{match, idx, captures}` for one match; `idx` is in code points.
@@ -646,7 +747,9 @@ fn run_regex(kind: RegexKind, re: &regex::Regex, input: &str) -> Value {
             let mut out = Vec::new();
             let (mut pos, mut counted_byte, mut counted_cp) = (0usize, 0usize, 0usize);
             while pos <= input.len() {
-                let Some(caps) = re.captures_at(input, pos) else { break };
+                let Some(caps) = re.captures_at(input, pos) else {
+                    break;
+                };
                 let Some(m) = caps.get(0) else { break };
                 counted_cp += input[counted_byte..m.start()].chars().count();
                 counted_byte = m.start();
@@ -677,13 +780,17 @@ impl Operator for RegexOp {
         let dynamic;
         let re = match &self.spec {
             RegexSpec::Const(re) => re.as_ref(),
-            RegexSpec::Dynamic { regex, options } => {
+            RegexSpec::Dynamic {
+                regex,
+                options,
+                last,
+            } => {
                 let r = regex.eval(ctx)?;
                 let o = match options {
                     Some(o) => Some(o.eval(ctx)?),
                     None => None,
                 };
-                dynamic = build_regex(name, &r, o.as_deref())?;
+                dynamic = build_regex(name, &r, o.as_deref(), Some(last))?;
                 dynamic.as_ref()
             }
         };
@@ -700,9 +807,12 @@ mod tests {
     use crate::value::{parse_document, parse_value};
 
     fn eval(expr: &str, doc: &str) -> Result<String, String> {
-        let e = Expression::compile(&parse_value(expr).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        let e = Expression::compile(&parse_value(expr).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
         let d = parse_document(doc).map_err(|e| e.to_string())?;
-        e.evaluate(&d).map(|v| v.to_json()).map_err(|e| e.to_string())
+        e.evaluate(&d)
+            .map(|v| v.to_json())
+            .map_err(|e| e.to_string())
     }
 
     fn ok(expr: &str, want: &str) {
@@ -721,7 +831,10 @@ mod tests {
         ok(r#"{"$concat": ["a", "b", "c"]}"#, r#""abc""#);
         ok(r#"{"$concat": ["a", null]}"#, "null");
         ok(r#"{"$concat": ["a", "$nope"]}"#, "null");
-        fails(r#"{"$concat": ["a", 1]}"#, "$concat only supports strings, not int");
+        fails(
+            r#"{"$concat": ["a", 1]}"#,
+            "$concat only supports strings, not int",
+        );
         ok(r#"{"$toUpper": "abé1"}"#, r#""ABé1""#);
         ok(r#"{"$toLower": null}"#, r#""""#);
         ok(r#"{"$toLower": 12}"#, r#""12""#);
@@ -735,12 +848,21 @@ mod tests {
         ok(r#"{"$substrBytes": ["abcde", -1, 2]}"#, r#""""#);
         ok(r#"{"$substrBytes": ["abcde", 1, -1]}"#, r#""bcde""#);
         ok(r#"{"$substr": [12345, 1, 2]}"#, r#""23""#);
-        fails(r#"{"$substrBytes": ["éa", 1, 1]}"#, "starting index is a UTF-8 continuation byte");
-        fails(r#"{"$substrBytes": ["éa", 0, 1]}"#, "ending index is in the middle of a UTF-8 character");
+        fails(
+            r#"{"$substrBytes": ["éa", 1, 1]}"#,
+            "starting index is a UTF-8 continuation byte",
+        );
+        fails(
+            r#"{"$substrBytes": ["éa", 0, 1]}"#,
+            "ending index is in the middle of a UTF-8 character",
+        );
         ok(r#"{"$substrCP": ["cafétéria", 5, 4]}"#, r#""éria""#);
         ok(r#"{"$substrCP": ["abc", 5, 4]}"#, r#""""#);
         fails(r#"{"$substrCP": ["abc", 1.5, 1]}"#, "32-bit integral");
-        fails(r#"{"$substrCP": ["abc", 0, -1]}"#, "length must be a nonnegative integer");
+        fails(
+            r#"{"$substrCP": ["abc", 0, -1]}"#,
+            "length must be a nonnegative integer",
+        );
     }
 
     #[test]
@@ -753,30 +875,63 @@ mod tests {
         ok(r#"{"$indexOfBytes": ["abc", "", 3]}"#, "3");
         ok(r#"{"$indexOfBytes": ["abc", "b", 5, 2]}"#, "-1");
         ok(r#"{"$indexOfBytes": [null, "b"]}"#, "null");
-        fails(r#"{"$indexOfBytes": ["abc", null]}"#, "second argument, found: null");
-        fails(r#"{"$indexOfCP": ["abc", "b", -1]}"#, "nonnegative starting index");
+        fails(
+            r#"{"$indexOfBytes": ["abc", null]}"#,
+            "second argument, found: null",
+        );
+        fails(
+            r#"{"$indexOfCP": ["abc", "b", -1]}"#,
+            "nonnegative starting index",
+        );
     }
 
     #[test]
     fn trim_split_len() {
-        ok(r#"{"$trim": {"input": " \n good bye \t "}}"#, r#""good bye""#);
-        ok(r#"{"$ltrim": {"input": " ggggoodbyeeeee", "chars": "ge "}}"#, r#""oodbyeeeee""#);
-        ok(r#"{"$rtrim": {"input": "ggggoodbyeeeee ", "chars": "ge"}}"#, r#""ggggoodbyeeeee ""#);
+        ok(
+            r#"{"$trim": {"input": " \n good bye \t "}}"#,
+            r#""good bye""#,
+        );
+        ok(
+            r#"{"$ltrim": {"input": " ggggoodbyeeeee", "chars": "ge "}}"#,
+            r#""oodbyeeeee""#,
+        );
+        ok(
+            r#"{"$rtrim": {"input": "ggggoodbyeeeee ", "chars": "ge"}}"#,
+            r#""ggggoodbyeeeee ""#,
+        );
         ok(r#"{"$trim": {"input": "\u00a0x\u2003"}}"#, r#""x""#);
         ok(r#"{"$trim": {"input": "x", "chars": null}}"#, "null");
-        fails(r#"{"$trim": {"input": 1}}"#, "$trim requires its input to be a string, got 1 (of type int) instead.");
-        ok(r#"{"$split": ["June-15-2013", "-"]}"#, r#"["June","15","2013"]"#);
-        ok(r#"{"$split": ["astronomical", "astro"]}"#, r#"["","nomical"]"#);
+        fails(
+            r#"{"$trim": {"input": 1}}"#,
+            "$trim requires its input to be a string, got 1 (of type int) instead.",
+        );
+        ok(
+            r#"{"$split": ["June-15-2013", "-"]}"#,
+            r#"["June","15","2013"]"#,
+        );
+        ok(
+            r#"{"$split": ["astronomical", "astro"]}"#,
+            r#"["","nomical"]"#,
+        );
         fails(r#"{"$split": ["a", ""]}"#, "non-empty separator");
         ok(r#"{"$strLenBytes": "cafétéria"}"#, "11");
         ok(r#"{"$strLenCP": "cafétéria"}"#, "9");
-        fails(r#"{"$strLenCP": null}"#, "$strLenCP requires a string argument, found: null");
+        fails(
+            r#"{"$strLenCP": null}"#,
+            "$strLenCP requires a string argument, found: null",
+        );
     }
 
     #[test]
     fn regex() {
-        ok(r#"{"$regexMatch": {"input": "Abc", "regex": "^a", "options": "i"}}"#, "true");
-        ok(r#"{"$regexMatch": {"input": null, "regex": "^a"}}"#, "false");
+        ok(
+            r#"{"$regexMatch": {"input": "Abc", "regex": "^a", "options": "i"}}"#,
+            "true",
+        );
+        ok(
+            r#"{"$regexMatch": {"input": null, "regex": "^a"}}"#,
+            "false",
+        );
         ok(
             r#"{"$regexFind": {"input": "café 42", "regex": "(\\d)(x)?"}}"#,
             r#"{"match":"4","idx":5,"captures":["4",null]}"#,
@@ -789,17 +944,45 @@ mod tests {
             r#"{"$regexFindAll": {"input": "a1b2", "regex": {"$regularExpression": {"pattern": "[a-z]\\d", "options": ""}}}}"#,
             r#"[{"match":"a1","idx":0,"captures":[]},{"match":"b2","idx":2,"captures":[]}]"#,
         );
-        fails(r#"{"$regexMatch": {"input": "a", "regex": "(?=a)"}}"#, "expression.$regexMatch.regex: $regexMatch: invalid regular expression");
-        fails(r#"{"$regexMatch": {"input": "a", "regex": "a", "options": "q"}}"#, "invalid flag in regex options: q");
-        fails(r#"{"$regexMatch": {"input": 1, "regex": "a"}}"#, "needs 'input' to be of type string");
-        assert_eq!(eval(r#"{"$regexMatch": {"input": "$s", "regex": "$r"}}"#, r#"{"s": "xay", "r": "a"}"#).as_deref(), Ok("true"));
+        fails(
+            r#"{"$regexMatch": {"input": "a", "regex": "(?=a)"}}"#,
+            "expression.$regexMatch.regex: $regexMatch: invalid regular expression",
+        );
+        fails(
+            r#"{"$regexMatch": {"input": "a", "regex": "a", "options": "q"}}"#,
+            "invalid flag in regex options: q",
+        );
+        fails(
+            r#"{"$regexMatch": {"input": 1, "regex": "a"}}"#,
+            "needs 'input' to be of type string",
+        );
+        assert_eq!(
+            eval(
+                r#"{"$regexMatch": {"input": "$s", "regex": "$r"}}"#,
+                r#"{"s": "xay", "r": "a"}"#
+            )
+            .as_deref(),
+            Ok("true")
+        );
     }
 
     #[test]
     fn replace() {
-        ok(r#"{"$replaceOne": {"input": "aXbXc", "find": "X", "replacement": "-"}}"#, r#""a-bXc""#);
-        ok(r#"{"$replaceAll": {"input": "aXbXc", "find": "X", "replacement": "-"}}"#, r#""a-b-c""#);
-        ok(r#"{"$replaceAll": {"input": "abc", "find": null, "replacement": "-"}}"#, "null");
-        fails(r#"{"$replaceAll": {"input": 5, "find": null, "replacement": "-"}}"#, "requires that 'input' be a string, found: 5");
+        ok(
+            r#"{"$replaceOne": {"input": "aXbXc", "find": "X", "replacement": "-"}}"#,
+            r#""a-bXc""#,
+        );
+        ok(
+            r#"{"$replaceAll": {"input": "aXbXc", "find": "X", "replacement": "-"}}"#,
+            r#""a-b-c""#,
+        );
+        ok(
+            r#"{"$replaceAll": {"input": "abc", "find": null, "replacement": "-"}}"#,
+            "null",
+        );
+        fails(
+            r#"{"$replaceAll": {"input": 5, "find": null, "replacement": "-"}}"#,
+            "requires that 'input' be a string, found: 5",
+        );
     }
 }

@@ -6,15 +6,16 @@
 //! missing field.
 //!
 //! Supported: `$eq $ne $gt $gte $lt $lte $in $nin $and $or $nor $not $exists $type
-//! $regex/$options $elemMatch $size $all $mod $expr $comment`, implicit equality and
-//! BSON regular expression values.
+//! $regex/$options $elemMatch $size $all $mod $expr $comment $bitsAllSet $bitsAnySet
+//! $bitsAllClear $bitsAnyClear`, implicit equality and BSON regular expression values.
+//! Not supported (compile errors): geospatial operators, `$text`, `$where`, `$jsonSchema`.
 
 mod node;
 
 use crate::error::{path_index, path_key, CompileError, EvalError};
-use crate::expr::{compile_expr, CompileCtx, Env};
+use crate::expr::{compile_expr, CompileCtx, Ctx, Env};
 use crate::value::{compare_values, Document, Value};
-use node::{sorted, type_bit, CmpOp, LeafMode, Node, QueryRegex, Seg, Subject, Test};
+use node::{sorted, type_bit, BitsOp, CmpOp, LeafMode, Node, QueryRegex, Seg, Subject, Test};
 
 /// A compiled query filter.
 #[derive(Debug, Clone)]
@@ -41,7 +42,20 @@ impl Query {
 
     /// True when `doc` matches. Fails only when a `$expr` inside fails.
     pub fn matches(&self, doc: &Document, env: &Env) -> Result<bool, EvalError> {
-        self.root.eval(Subject::Doc(doc), doc, env)
+        self.root.eval(Subject::Doc(doc), &Ctx::new(doc, env))
+    }
+
+    /// Like [`Query::matches`], with the variables bound in `outer` visible to `$expr`
+    /// (for example `$lookup`'s `let` variables in a sub-pipeline's `$match`). `$$ROOT`
+    /// and `$$CURRENT` are `doc`.
+    pub fn matches_in(&self, doc: &Document, outer: &Ctx<'_>) -> Result<bool, EvalError> {
+        let ctx = Ctx {
+            root: doc,
+            current: doc,
+            scope: outer.scope,
+            env: outer.env,
+        };
+        self.root.eval(Subject::Doc(doc), &ctx)
     }
 }
 
@@ -227,6 +241,12 @@ fn compile_ops(segs: &[Seg], d: &Document, path: &str) -> Result<Node, CompileEr
             continue;
         }
         let node = match op.as_str() {
+            "$ne" if matches!(arg, Value::Regex(_)) => {
+                return Err(CompileError::new(
+                    p,
+                    "$ne cannot take a regex; use {$not: /pattern/} instead",
+                ))
+            }
             "$ne" => Node::Not(Box::new(leaf(segs, equality(arg, &p)?))),
             "$in" => leaf(segs, compile_in("$in", arg, &p)?),
             "$nin" => Node::Not(Box::new(leaf(segs, compile_in("$nin", arg, &p)?))),
@@ -257,12 +277,16 @@ fn compile_ops(segs: &[Seg], d: &Document, path: &str) -> Result<Node, CompileEr
                     format!("geospatial query operator '{op}' is not supported"),
                 ))
             }
-            "$bitsAllSet" | "$bitsAnySet" | "$bitsAllClear" | "$bitsAnyClear" => {
-                return Err(CompileError::new(
-                    p,
-                    format!("bitwise query operator '{op}' is not supported"),
-                ))
-            }
+            "$bitsAllSet" => leaf(segs, Test::Bits(BitsOp::AllSet, compile_bits(op, arg, &p)?)),
+            "$bitsAnySet" => leaf(segs, Test::Bits(BitsOp::AnySet, compile_bits(op, arg, &p)?)),
+            "$bitsAllClear" => leaf(
+                segs,
+                Test::Bits(BitsOp::AllClear, compile_bits(op, arg, &p)?),
+            ),
+            "$bitsAnyClear" => leaf(
+                segs,
+                Test::Bits(BitsOp::AnyClear, compile_bits(op, arg, &p)?),
+            ),
             _ => {
                 return Err(CompileError::new(
                     path,
@@ -286,18 +310,19 @@ fn compile_in(name: &str, arg: &Value, path: &str) -> Result<Test, CompileError>
     let mut regexes = Vec::new();
     let mut has_null = false;
     for (i, item) in items.iter().enumerate() {
-        let ip = path_index(path, i);
         match item {
-            Value::Regex(r) => regexes.push(build_regex(&r.pattern, &r.options, &ip)?),
+            Value::Regex(r) => {
+                regexes.push(build_regex(&r.pattern, &r.options, &path_index(path, i))?)
+            }
             Value::Document(d) if is_operator_doc(d) => {
                 return Err(CompileError::new(
-                    ip,
+                    path_index(path, i),
                     format!("cannot nest $ operators under {name}; list plain values"),
                 ))
             }
             Value::Undefined | Value::Missing => {
                 return Err(CompileError::new(
-                    ip,
+                    path_index(path, i),
                     format!("{name} cannot contain undefined"),
                 ))
             }
@@ -573,6 +598,63 @@ fn compile_all(segs: &[Seg], arg: &Value, path: &str) -> Result<Node, CompileErr
     Ok(and_of(nodes))
 }
 
+/// The bit positions of a bitwise operator's argument: a non-negative integer bitmask,
+/// binary data (a little-endian bitmask) or an array of bit positions.
+fn compile_bits(name: &str, arg: &Value, path: &str) -> Result<Vec<u64>, CompileError> {
+    let mut positions = Vec::new();
+    match arg {
+        Value::Binary(b) => {
+            for (i, byte) in b.bytes.iter().enumerate() {
+                for bit in 0..8 {
+                    if byte >> bit & 1 == 1 {
+                        positions.push(i as u64 * 8 + bit);
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                match item.as_i64_exact() {
+                    Some(p) if p >= 0 => positions.push(p as u64),
+                    _ => {
+                        return Err(CompileError::new(
+                            path_index(path, i),
+                            format!(
+                                "{name}: bit positions must be non-negative integers, found {}",
+                                item.to_json()
+                            ),
+                        ))
+                    }
+                }
+            }
+            positions.sort_unstable();
+            positions.dedup();
+        }
+        v if v.is_number() => match v.as_i64_exact() {
+            Some(mask) if mask >= 0 => positions.extend((0..63).filter(|b| mask >> b & 1 == 1)),
+            _ => {
+                return Err(CompileError::new(
+                    path,
+                    format!(
+                        "{name}: the bitmask must be a non-negative 64-bit integer, found {}",
+                        v.to_json()
+                    ),
+                ))
+            }
+        },
+        other => {
+            return Err(CompileError::new(
+                path,
+                format!(
+                "{name} takes a bitmask number, binary data or an array of bit positions, found {}",
+                other.type_name()
+            ),
+            ))
+        }
+    }
+    Ok(positions)
+}
+
 /// `$mod: [divisor, remainder]`; doubles and decimals are truncated toward zero.
 fn compile_mod(arg: &Value, path: &str) -> Result<(i64, i64), CompileError> {
     let Value::Array(items) = arg else {
@@ -706,6 +788,49 @@ mod tests {
             r#"{"a": {"$numberLong": "-9223372036854775808"}}"#
         ));
         assert!(!m(r#"{"a": {"$mod": [4, 0]}}"#, r#"{"a": "8"}"#));
+    }
+
+    #[test]
+    fn matches_in_sees_outer_variables() {
+        let mut cx = CompileCtx::default();
+        let id = cx.bind("limit", "let").expect("valid name");
+        let f = parse_value(r#"{"$expr": {"$lt": ["$a", "$$limit"]}}"#).expect("filter json");
+        let query = Query::compile(&f, "q", &mut cx).expect("compiles");
+        let doc = parse_document(r#"{"a": 3}"#).expect("doc json");
+        let env = Env { now: 0 };
+        let outer_doc = Document::new();
+        let outer = Ctx::new(&outer_doc, &env);
+        let at = |limit: i32| {
+            outer
+                .with_var(id, &Value::Int32(limit), |c| query.matches_in(&doc, c))
+                .expect("evaluates")
+        };
+        assert!(at(5));
+        assert!(!at(2));
+    }
+
+    #[test]
+    fn bits_and_elem_match_forms() {
+        assert!(m(
+            r#"{"a": {"$bitsAllSet": [0, 2]}}"#,
+            r#"{"a": {"$numberLong": "5"}}"#
+        ));
+        assert!(!m(r#"{"a": {"$bitsAllSet": [0, 1]}}"#, r#"{"a": 5}"#));
+        assert!(m(r#"{"a": {"$bitsAllClear": [70]}}"#, r#"{"a": 5}"#));
+        // Document form over nested arrays: the inner array's indexes are its fields.
+        assert!(m(
+            r#"{"a": {"$elemMatch": {"1": 7}}}"#,
+            r#"{"a": [[6, 7]]}"#
+        ));
+        // Value form applies each condition to the element itself, without traversal.
+        assert!(!m(
+            r#"{"a": {"$elemMatch": {"$eq": 1}}}"#,
+            r#"{"a": [[1]]}"#
+        ));
+        assert!(m(
+            r#"{"a": {"$elemMatch": {"$elemMatch": {"$eq": 1}}}}"#,
+            r#"{"a": [[1]]}"#
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! the middle of a path, or an absent field, yields "missing".
 
 use crate::error::EvalError;
-use crate::expr::{Ctx, Env, Expr};
+use crate::expr::{Ctx, Expr};
 use crate::value::{canonical_rank, compare_values, Document, Number, Str, Value};
 use std::cmp::Ordering;
 
@@ -87,7 +87,8 @@ impl QueryRegex {
     fn matches(&self, v: &Value) -> bool {
         match v {
             Value::String(s) => self.re.is_match(s),
-            Value::Regex(r) => r.pattern == self.pattern && sorted(&r.options) == self.options,
+            // Stored regex options are kept sorted.
+            Value::Regex(r) => r.pattern == self.pattern && r.options == self.options,
             _ => false,
         }
     }
@@ -116,10 +117,61 @@ pub(crate) enum Test {
     Type(u32),
     Mod(i64, i64),
     Size(usize),
+    /// `$bitsAllSet` & co: the bit positions to test, sorted.
+    Bits(BitsOp, Vec<u64>),
     /// Value form: some element satisfies every condition (applied to the element alone).
     ElemMatchValue(Box<Node>),
     /// Document form: some element that is a document (or array) matches the filter.
     ElemMatchObject(Box<Node>),
+}
+
+/// The bitwise query operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BitsOp {
+    AllSet,
+    AnySet,
+    AllClear,
+    AnyClear,
+}
+
+/// The bits of a value: numbers are two's complement and sign-extended, binary data is a
+/// little-endian unsigned number, zero-extended.
+enum Bits<'a> {
+    Num(i64),
+    Bin(&'a [u8]),
+}
+
+impl<'a> Bits<'a> {
+    /// `None` for values without bits (non-numbers, fractional or out-of-range numbers).
+    fn of(v: &'a Value) -> Option<Bits<'a>> {
+        match v {
+            Value::Binary(b) => Some(Bits::Bin(&b.bytes)),
+            _ => Some(Bits::Num(v.as_number()?.to_i64_exact()?)),
+        }
+    }
+
+    fn get(&self, p: u64) -> bool {
+        match self {
+            Bits::Num(n) if p >= 64 => *n < 0,
+            Bits::Num(n) => n >> p & 1 == 1,
+            Bits::Bin(bytes) => usize::try_from(p / 8)
+                .ok()
+                .and_then(|i| bytes.get(i))
+                .is_some_and(|byte| byte >> (p % 8) & 1 == 1),
+        }
+    }
+}
+
+fn bits_match(op: BitsOp, positions: &[u64], v: &Value) -> bool {
+    let Some(bits) = Bits::of(v) else {
+        return false;
+    };
+    match op {
+        BitsOp::AllSet => positions.iter().all(|&p| bits.get(p)),
+        BitsOp::AnySet => positions.iter().any(|&p| bits.get(p)),
+        BitsOp::AllClear => positions.iter().all(|&p| !bits.get(p)),
+        BitsOp::AnyClear => positions.iter().any(|&p| !bits.get(p)),
+    }
 }
 
 /// The bit of a BSON type code in a `$type` set.
@@ -181,7 +233,7 @@ fn mod_dividend(v: &Value) -> Option<i64> {
 
 impl Test {
     /// Does one value (not traversed) pass the test?
-    fn matches(&self, v: &Value, root: &Document, env: &Env) -> Result<bool, EvalError> {
+    fn matches(&self, v: &Value, ctx: &Ctx<'_>) -> Result<bool, EvalError> {
         Ok(match self {
             Test::Cmp(op, rhs) => cmp_matches(*op, v, rhs),
             Test::In {
@@ -203,10 +255,11 @@ impl Test {
                 None => false,
             },
             Test::Size(n) => matches!(v, Value::Array(a) if a.len() == *n),
+            Test::Bits(op, positions) => bits_match(*op, positions, v),
             Test::ElemMatchValue(node) => match v {
                 Value::Array(items) => {
                     for item in items {
-                        if node.eval(Subject::Value(item), root, env)? {
+                        if node.eval(Subject::Value(item), ctx)? {
                             return Ok(true);
                         }
                     }
@@ -222,7 +275,7 @@ impl Test {
                             Value::Array(_) => Subject::Value(item),
                             _ => continue,
                         };
-                        if node.eval(subject, root, env)? {
+                        if node.eval(subject, ctx)? {
                             return Ok(true);
                         }
                     }
@@ -245,16 +298,13 @@ pub(crate) enum Subject<'a> {
 }
 
 impl Node {
-    pub fn eval(
-        &self,
-        subject: Subject<'_>,
-        root: &Document,
-        env: &Env,
-    ) -> Result<bool, EvalError> {
+    /// Evaluates against `subject`; `$expr` evaluates with `ctx` (whose root and current
+    /// document are the document being matched).
+    pub fn eval(&self, subject: Subject<'_>, ctx: &Ctx<'_>) -> Result<bool, EvalError> {
         match self {
             Node::And(children) => {
                 for c in children {
-                    if !c.eval(subject, root, env)? {
+                    if !c.eval(subject, ctx)? {
                         return Ok(false);
                     }
                 }
@@ -262,7 +312,7 @@ impl Node {
             }
             Node::Or(children) => {
                 for c in children {
-                    if c.eval(subject, root, env)? {
+                    if c.eval(subject, ctx)? {
                         return Ok(true);
                     }
                 }
@@ -270,18 +320,18 @@ impl Node {
             }
             Node::Nor(children) => {
                 for c in children {
-                    if c.eval(subject, root, env)? {
+                    if c.eval(subject, ctx)? {
                         return Ok(false);
                     }
                 }
                 Ok(true)
             }
-            Node::Not(c) => Ok(!c.eval(subject, root, env)?),
+            Node::Not(c) => Ok(!c.eval(subject, ctx)?),
             Node::Const(b) => Ok(*b),
-            Node::Expr(e) => Ok(e.eval(&Ctx::new(root, env))?.is_truthy()),
+            Node::Expr(e) => Ok(e.eval(ctx)?.is_truthy()),
             Node::Leaf { path, mode, test } => {
                 let mut err = None;
-                let mut f = |v: &Value| match test.matches(v, root, env) {
+                let mut f = |v: &Value| match test.matches(v, ctx) {
                     Ok(b) => b,
                     Err(e) => {
                         err = Some(e);
@@ -347,7 +397,7 @@ fn walk_array(
     f: &mut dyn FnMut(&Value) -> bool,
 ) -> bool {
     let Some(next) = rest.first() else {
-        if mode == LeafMode::Traverse && items.iter().any(|e| f(e)) {
+        if mode == LeafMode::Traverse && items.iter().any(&mut *f) {
             return true;
         }
         return f(array);

@@ -16,6 +16,8 @@ mod window_fields;
 
 pub mod accumulators;
 
+pub use group::GroupStage;
+
 use crate::error::{path_index, path_key, CompileError, EvalError};
 use crate::expr::{CompileCtx, Env};
 use crate::value::{Document, Value};
@@ -44,6 +46,45 @@ pub trait Stage: Send + fmt::Debug {
     fn is_blocking(&self) -> bool {
         false
     }
+
+    /// The run state to store in a checkpoint. By default a blocking stage cannot be
+    /// checkpointed and any other stage keeps no state across documents.
+    fn checkpoint_state(&self) -> Result<StageState, EvalError> {
+        Ok(if self.is_blocking() {
+            StageState::Unsupported
+        } else {
+            StageState::Stateless
+        })
+    }
+
+    /// Restores state produced by [`Stage::checkpoint_state`].
+    fn restore_state(&mut self, _state: &Value) -> Result<(), EvalError> {
+        Err(EvalError::new(format!("{} cannot restore checkpointed state", self.name())))
+    }
+
+    /// True when the stage can emit intermediate results at a streaming trigger
+    /// (an unwindowed `$group` on an unbounded input).
+    fn supports_trigger(&self) -> bool {
+        false
+    }
+
+    /// Emits results at a streaming trigger: the results changed since the previous
+    /// trigger, or every result when `complete`.
+    fn on_trigger(&mut self, _complete: bool, _env: &Env, _out: &mut Vec<Document>) -> Result<(), EvalError> {
+        Ok(())
+    }
+}
+
+/// A stage's contribution to a checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageState {
+    /// Nothing to store.
+    Stateless,
+    /// The state to store.
+    State(Value),
+    /// The stage keeps state it cannot export; a pipeline with such a stage is
+    /// checkpointed only when its input has ended.
+    Unsupported,
 }
 
 /// Compiles a stage's specification (the value under its name) found at `path`.

@@ -29,7 +29,8 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 
 /// Stages of this family.
-pub(crate) const STAGES: &[(&str, StageCompileFn)] = &[("$setWindowFields", compile_set_window_fields)];
+pub(crate) const STAGES: &[(&str, StageCompileFn)] =
+    &[("$setWindowFields", compile_set_window_fields)];
 
 /// The `sortBy` fields: path and ascending flag.
 type SortSpec = Vec<(Arc<[Str]>, bool)>;
@@ -61,7 +62,11 @@ fn err(path: impl Into<String>, msg: impl Into<String>) -> CompileError {
     CompileError::new(path, msg)
 }
 
-fn compile_set_window_fields(spec: &Value, path: &str, cx: &mut CompileCtx) -> Result<Box<dyn Stage>, CompileError> {
+fn compile_set_window_fields(
+    spec: &Value,
+    path: &str,
+    cx: &mut CompileCtx,
+) -> Result<Box<dyn Stage>, CompileError> {
     let Value::Document(d) = spec else {
         return Err(err(
             path,
@@ -89,13 +94,31 @@ fn compile_set_window_fields(spec: &Value, path: &str, cx: &mut CompileCtx) -> R
         return Err(err(path, "$setWindowFields requires an 'output' object"));
     };
     let Value::Document(od) = output else {
-        return Err(err(&opath, format!("'output' must be an object, found {}", output.type_name())));
+        return Err(err(
+            &opath,
+            format!("'output' must be an object, found {}", output.type_name()),
+        ));
     };
     let mut outputs = Vec::with_capacity(od.len());
     for (name, spec) in od.iter() {
         let p = path_key(&opath, name);
         let field = parse_field_path(name, &p)?;
         outputs.push(compile_output(field, spec, &p, &sort, cx)?);
+    }
+    for (i, a) in outputs.iter().enumerate() {
+        for b in &outputs[i + 1..] {
+            let n = a.path.len().min(b.path.len());
+            if a.path[..n] == b.path[..n] {
+                return Err(err(
+                    &opath,
+                    format!(
+                        "specification contains two conflicting paths: '{}' and '{}'",
+                        a.path.join("."),
+                        b.path.join(".")
+                    ),
+                ));
+            }
+        }
     }
     let mut range_units = Vec::new();
     for o in &outputs {
@@ -106,14 +129,25 @@ fn compile_set_window_fields(spec: &Value, path: &str, cx: &mut CompileCtx) -> R
         }
     }
     Ok(Box::new(SetWindowFields {
-        cfg: Arc::new(Config { partition, sort, outputs, range_units }),
+        cfg: Arc::new(Config {
+            partition,
+            sort,
+            outputs,
+            range_units,
+        }),
         rows: Vec::new(),
     }))
 }
 
 fn parse_sort(v: &Value, path: &str) -> Result<SortSpec, CompileError> {
     let Value::Document(d) = v else {
-        return Err(err(path, format!("sortBy must be an object like {{\"field\": 1}}, found {}", v.type_name())));
+        return Err(err(
+            path,
+            format!(
+                "sortBy must be an object like {{\"field\": 1}}, found {}",
+                v.type_name()
+            ),
+        ));
     };
     if d.is_empty() {
         return Err(err(path, "sortBy must have at least one sort key"));
@@ -128,7 +162,10 @@ fn parse_sort(v: &Value, path: &str) -> Result<SortSpec, CompileError> {
             _ => {
                 return Err(err(
                     &p,
-                    format!("sort order must be 1 (ascending) or -1 (descending), found {}", dir.to_json()),
+                    format!(
+                        "sort order must be 1 (ascending) or -1 (descending), found {}",
+                        dir.to_json()
+                    ),
                 ))
             }
         };
@@ -184,18 +221,21 @@ impl Stage for SetWindowFields {
         "$setWindowFields"
     }
 
-    fn process(&mut self, doc: Document, env: &Env, _out: &mut Vec<Document>) -> Result<(), EvalError> {
+    fn process(
+        &mut self,
+        doc: Document,
+        env: &Env,
+        _out: &mut Vec<Document>,
+    ) -> Result<(), EvalError> {
         let cfg = &self.cfg;
         let partition = match &cfg.partition {
             None => Value::Null,
             Some(e) => {
                 let v = e.eval(&Ctx::new(&doc, env))?;
                 match v.as_ref() {
-                    Value::Array(_) => {
-                        return Err(EvalError::new(
-                            "$setWindowFields: the partitionBy expression cannot evaluate to an array",
-                        ))
-                    }
+                    Value::Array(_) => return Err(EvalError::new(
+                        "$setWindowFields: the partitionBy expression cannot evaluate to an array",
+                    )),
                     Value::Missing => Value::Null,
                     _ => v.into_owned(),
                 }
@@ -207,8 +247,16 @@ impl Stage for SetWindowFields {
                     .map_err(|m| EvalError::new(format!("$setWindowFields: {m}")))?;
             }
         }
-        let keys = cfg.sort.iter().map(|(p, asc)| sort_key(&doc, p, *asc)).collect();
-        self.rows.push(Row { partition, keys, doc });
+        let keys = cfg
+            .sort
+            .iter()
+            .map(|(p, asc)| sort_key(&doc, p, *asc))
+            .collect();
+        self.rows.push(Row {
+            partition,
+            keys,
+            doc,
+        });
         Ok(())
     }
 
@@ -216,7 +264,8 @@ impl Stage for SetWindowFields {
         let cfg = Arc::clone(&self.cfg);
         let mut rows = std::mem::take(&mut self.rows);
         rows.sort_by(|a, b| {
-            compare_values(&a.partition, &b.partition).then_with(|| compare_keys(&a.keys, &b.keys, &cfg.sort))
+            compare_values(&a.partition, &b.partition)
+                .then_with(|| compare_keys(&a.keys, &b.keys, &cfg.sort))
         });
         let sort_path: &[Str] = cfg.sort.first().map_or(&[], |(p, _)| &p[..]);
         let mut first_error: Option<EvalError> = None;
@@ -225,7 +274,9 @@ impl Stage for SetWindowFields {
         while let Some(first) = rows.next() {
             let key = first.partition;
             let mut docs = vec![first.doc];
-            while let Some(row) = rows.next_if(|r| compare_values(&r.partition, &key) == Ordering::Equal) {
+            while let Some(row) =
+                rows.next_if(|r| compare_values(&r.partition, &key) == Ordering::Equal)
+            {
                 docs.push(row.doc);
             }
             let mut results: Vec<_> = cfg
@@ -276,5 +327,55 @@ impl Stage for SetWindowFields {
 
     fn is_blocking(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::parse_document;
+
+    #[test]
+    fn sort_keys_follow_sort_semantics() {
+        let doc = parse_document(r#"{"a": [3, 1, [0, 7]], "e": [], "n": null}"#).unwrap();
+        let path = |s: &str| -> Vec<Str> { vec![s.into()] };
+        assert!(sort_key(&doc, &path("a"), true).identical(&Value::Int32(0)));
+        assert!(sort_key(&doc, &path("a"), false).identical(&Value::Int32(7)));
+        assert!(sort_key(&doc, &path("e"), true).identical(&Value::Undefined));
+        assert!(sort_key(&doc, &path("n"), true).identical(&Value::Null));
+        assert!(sort_key(&doc, &path("missing"), true).identical(&Value::Null));
+    }
+
+    #[test]
+    fn errors_in_one_partition_do_not_drop_the_others() {
+        let p = crate::Pipeline::compile_json(
+            r#"[{"$setWindowFields": {"partitionBy": "$g", "sortBy": {"x": 1},
+                "output": {"d": {"$derivative": {"input": "$y"}, "window": {"documents": [-1, 0]}}}}}]"#,
+        )
+        .unwrap();
+        let docs = [
+            r#"{"g": 1, "x": 1, "y": "a"}"#,
+            r#"{"g": 1, "x": 2, "y": 2}"#,
+            r#"{"g": 2, "x": 1, "y": 1}"#,
+            r#"{"g": 2, "x": 3, "y": 5}"#,
+        ]
+        .map(|s| parse_document(s).unwrap());
+        let result = p.run(docs);
+        assert_eq!(result.errors.len(), 1, "{:?}", result.errors);
+        // Both documents of partition 1 fail ($subtract of strings), reported as one
+        // error of the stage; partition 2 is unaffected.
+        let msg = result.errors[0].to_string();
+        assert!(
+            msg.contains("$derivative") && msg.contains("(1 more documents failed)"),
+            "{msg}"
+        );
+        let out: Vec<String> = result.documents.iter().map(|d| d.to_json()).collect();
+        assert_eq!(
+            out,
+            [
+                r#"{"g":2,"x":1,"y":1,"d":null}"#,
+                r#"{"g":2,"x":3,"y":5,"d":2.0}"#
+            ]
+        );
     }
 }

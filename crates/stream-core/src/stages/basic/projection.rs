@@ -48,7 +48,10 @@ enum Entry {
 impl Node {
     #[inline]
     fn get(&self, key: &str) -> Option<&Entry> {
-        self.entries.iter().find(|(k, _)| k.as_str() == key).map(|(_, e)| e)
+        self.entries
+            .iter()
+            .find(|(k, _)| k.as_str() == key)
+            .map(|(_, e)| e)
     }
 
     fn insert(&mut self, segs: &[Str], leaf: Entry) {
@@ -56,10 +59,15 @@ impl Node {
             [] => {}
             [last] => self.entries.push((last.clone(), leaf)),
             [first, rest @ ..] => {
-                let pos = match self.entries.iter().position(|(k, e)| k == first && matches!(e, Entry::Child(_))) {
+                let pos = match self
+                    .entries
+                    .iter()
+                    .position(|(k, e)| k == first && matches!(e, Entry::Child(_)))
+                {
                     Some(p) => p,
                     None => {
-                        self.entries.push((first.clone(), Entry::Child(Node::default())));
+                        self.entries
+                            .push((first.clone(), Entry::Child(Node::default())));
                         self.entries.len() - 1
                     }
                 };
@@ -111,7 +119,12 @@ impl Stage for Projection {
         self.name
     }
 
-    fn process(&mut self, mut doc: Document, env: &Env, out: &mut Vec<Document>) -> Result<(), EvalError> {
+    fn process(
+        &mut self,
+        mut doc: Document,
+        env: &Env,
+        out: &mut Vec<Document>,
+    ) -> Result<(), EvalError> {
         let spec = &*self.spec;
         match spec.mode {
             Mode::Exclusion => exclude_doc(&spec.root, &mut doc),
@@ -138,7 +151,12 @@ impl Stage for Projection {
     }
 }
 
-fn eval_all(exprs: &[Expr], doc: &Document, env: &Env, out: &mut Vec<Value>) -> Result<(), EvalError> {
+fn eval_all(
+    exprs: &[Expr],
+    doc: &Document,
+    env: &Env,
+    out: &mut Vec<Value>,
+) -> Result<(), EvalError> {
     out.clear();
     let ctx = Ctx::new(doc, env);
     for e in exprs {
@@ -159,17 +177,16 @@ fn take_val(vals: &mut [Value], i: usize, shared: bool) -> Value {
 }
 
 fn include_doc(node: &Node, doc: Document, vals: &mut [Value], shared: bool) -> Document {
-    // Fields are collected with placeholders (Missing) so that a sub-object filled later
-    // by computed fields keeps the position of the input field, as MongoDB does.
-    let mut work: Vec<(Str, Value)> = Vec::with_capacity(node.entries.len());
+    let mut out = Document::with_capacity(node.entries.len());
+    // Included fields and sub-projections keep the input document's order.
     let mut left = node.n_fields;
     if left > 0 {
         for (k, v) in doc {
             match node.get(&k) {
-                Some(Entry::Include) => work.push((k, v)),
+                Some(Entry::Include) => out.push_unchecked(k, v),
                 Some(Entry::Child(c)) => {
                     let v = include_value(c, v, vals, shared);
-                    work.push((k, v));
+                    out.push_unchecked(k, v);
                 }
                 _ => continue,
             }
@@ -179,20 +196,19 @@ fn include_doc(node: &Node, doc: Document, vals: &mut [Value], shared: bool) -> 
             }
         }
     }
+    // Then computed fields, in specification order. A sub-projection holding computed
+    // fields always produced a value above when its field existed in the input (so it
+    // kept the input position); otherwise it is appended here.
     if node.has_computed {
         for (k, e) in &node.entries {
             match e {
-                Entry::Computed(i) => work.push((k.clone(), take_val(vals, *i, shared))),
-                Entry::Child(c) if c.has_computed && !work.iter().any(|(w, _)| w == k) => {
-                    work.push((k.clone(), Value::Document(new_doc(c, vals, shared))));
+                Entry::Computed(i) => out.push_unchecked(k.clone(), take_val(vals, *i, shared)),
+                Entry::Child(c) if c.has_computed && !out.contains_key(k) => {
+                    out.push_unchecked(k.clone(), Value::Document(new_doc(c, vals, shared)));
                 }
                 _ => {}
             }
         }
-    }
-    let mut out = Document::with_capacity(work.len());
-    for (k, v) in work {
-        out.push_unchecked(k, v);
     }
     out
 }
@@ -231,7 +247,17 @@ fn new_doc(node: &Node, vals: &mut [Value], shared: bool) -> Document {
 fn add_doc(node: &Node, d: &mut Document, vals: &mut [Value], shared: bool) {
     for (k, e) in &node.entries {
         match e {
-            Entry::Computed(i) => d.insert(k.clone(), take_val(vals, *i, shared)),
+            Entry::Computed(i) => {
+                let v = take_val(vals, *i, shared);
+                match d.get_mut(k) {
+                    // `$$REMOVE` or a missing value removes the field.
+                    Some(_) if v.is_missing() => {
+                        d.remove(k);
+                    }
+                    Some(slot) => *slot = v,
+                    None => d.push_unchecked(k.clone(), v),
+                }
+            }
             Entry::Child(c) => match d.get_mut(k) {
                 Some(v) => add_value(c, v, vals, shared),
                 None => d.push_unchecked(k.clone(), Value::Document(new_doc(c, vals, shared))),
@@ -309,7 +335,10 @@ struct Parser<'c> {
 /// Splits and checks a field name of a specification (`a.b.c`).
 fn split_field(name: &str, stage: &str, path: &str) -> Result<Vec<Str>, CompileError> {
     if name.is_empty() {
-        return Err(CompileError::new(path, format!("{stage}: field names may not be empty")));
+        return Err(CompileError::new(
+            path,
+            format!("{stage}: field names may not be empty"),
+        ));
     }
     let mut segs = Vec::new();
     for seg in name.split('.') {
@@ -335,7 +364,12 @@ fn is_operator_object(d: &Document) -> bool {
 }
 
 impl Parser<'_> {
-    fn parse_level(&mut self, spec: &Document, prefix: &[Str], path: &str) -> Result<(), CompileError> {
+    fn parse_level(
+        &mut self,
+        spec: &Document,
+        prefix: &[Str],
+        path: &str,
+    ) -> Result<(), CompileError> {
         for (k, v) in spec.iter() {
             let p = path_key(path, k);
             // $project accepts dotted names inside sub-objects; $addFields does not.
@@ -357,12 +391,18 @@ impl Parser<'_> {
                     }
                     Leaf::Computed(Expr::Literal(Value::Document(Document::new())))
                 }
-                Value::Document(sub) if is_operator_object(sub) => Leaf::Computed(compile_expr(v, &p, self.cx)?),
+                Value::Document(sub) if is_operator_object(sub) => {
+                    Leaf::Computed(compile_expr(v, &p, self.cx)?)
+                }
                 Value::Document(sub) => {
                     self.parse_level(sub, &segs, &p)?;
                     continue;
                 }
-                Value::Bool(_) | Value::Int32(_) | Value::Int64(_) | Value::Double(_) | Value::Decimal(_)
+                Value::Bool(_)
+                | Value::Int32(_)
+                | Value::Int64(_)
+                | Value::Double(_)
+                | Value::Decimal(_)
                     if self.project =>
                 {
                     if v.is_truthy() {
@@ -382,12 +422,19 @@ impl Parser<'_> {
         let full = segs.join(".");
         for s in &self.seen {
             let conflict = *s == full
-                || (full.len() > s.len() && full.starts_with(s.as_str()) && full.as_bytes()[s.len()] == b'.')
-                || (s.len() > full.len() && s.starts_with(full.as_str()) && s.as_bytes()[full.len()] == b'.');
+                || (full.len() > s.len()
+                    && full.starts_with(s.as_str())
+                    && full.as_bytes()[s.len()] == b'.')
+                || (s.len() > full.len()
+                    && s.starts_with(full.as_str())
+                    && s.as_bytes()[full.len()] == b'.');
             if conflict {
                 return Err(CompileError::new(
                     path,
-                    format!("{}: path collision: cannot specify both '{s}' and '{full}'", self.stage),
+                    format!(
+                        "{}: path collision: cannot specify both '{s}' and '{full}'",
+                        self.stage
+                    ),
                 ));
             }
         }
@@ -402,7 +449,9 @@ impl Parser<'_> {
                 Leaf::Include | Leaf::Computed(_) => {
                     if self.mode == Some(Mode::Exclusion) {
                         let what = if matches!(leaf, Leaf::Include) {
-                            format!("cannot do inclusion on field '{full}' in an exclusion projection")
+                            format!(
+                                "cannot do inclusion on field '{full}' in an exclusion projection"
+                            )
                         } else {
                             format!("cannot use an expression for field '{full}' in an exclusion projection")
                         };
@@ -451,18 +500,29 @@ fn build(name: &'static str, mode: Mode, leaves: Vec<(Vec<Str>, Leaf)>) -> Box<d
     })
 }
 
-fn spec_document<'v>(name: &str, spec: &'v Value, path: &str) -> Result<&'v Document, CompileError> {
+fn spec_document<'v>(
+    name: &str,
+    spec: &'v Value,
+    path: &str,
+) -> Result<&'v Document, CompileError> {
     match spec {
         Value::Document(d) => Ok(d),
         other => Err(CompileError::new(
             path,
-            format!("{name} specification must be an object, found {}", other.type_name()),
+            format!(
+                "{name} specification must be an object, found {}",
+                other.type_name()
+            ),
         )),
     }
 }
 
 /// Compiles `$project`.
-pub(crate) fn compile_project(spec: &Value, path: &str, cx: &mut CompileCtx) -> Result<Box<dyn Stage>, CompileError> {
+pub(crate) fn compile_project(
+    spec: &Value,
+    path: &str,
+    cx: &mut CompileCtx,
+) -> Result<Box<dyn Stage>, CompileError> {
     let d = spec_document("$project", spec, path)?;
     if d.is_empty() {
         return Err(CompileError::new(
@@ -489,7 +549,9 @@ pub(crate) fn compile_project(spec: &Value, path: &str, cx: &mut CompileCtx) -> 
     let mut leaves = p.leaves;
     match (mode, p.id_flag) {
         (Mode::Inclusion, Some(true)) => leaves.push((vec![Str::from("_id")], Leaf::Include)),
-        (Mode::Inclusion, None) if !id_specified => leaves.push((vec![Str::from("_id")], Leaf::Include)),
+        (Mode::Inclusion, None) if !id_specified => {
+            leaves.push((vec![Str::from("_id")], Leaf::Include))
+        }
         (Mode::Exclusion, Some(false)) => leaves.push((vec![Str::from("_id")], Leaf::Exclude)),
         _ => {}
     }
@@ -517,27 +579,47 @@ fn compile_add_fields_named(
 }
 
 /// Compiles `$addFields`.
-pub(crate) fn compile_add_fields(spec: &Value, path: &str, cx: &mut CompileCtx) -> Result<Box<dyn Stage>, CompileError> {
+pub(crate) fn compile_add_fields(
+    spec: &Value,
+    path: &str,
+    cx: &mut CompileCtx,
+) -> Result<Box<dyn Stage>, CompileError> {
     compile_add_fields_named("$addFields", spec, path, cx)
 }
 
 /// Compiles `$set` (an alias of `$addFields`).
-pub(crate) fn compile_set(spec: &Value, path: &str, cx: &mut CompileCtx) -> Result<Box<dyn Stage>, CompileError> {
+pub(crate) fn compile_set(
+    spec: &Value,
+    path: &str,
+    cx: &mut CompileCtx,
+) -> Result<Box<dyn Stage>, CompileError> {
     compile_add_fields_named("$set", spec, path, cx)
 }
 
 /// Compiles `$unset`: a field path or an array of field paths to remove.
-pub(crate) fn compile_unset(spec: &Value, path: &str, cx: &mut CompileCtx) -> Result<Box<dyn Stage>, CompileError> {
+pub(crate) fn compile_unset(
+    spec: &Value,
+    path: &str,
+    cx: &mut CompileCtx,
+) -> Result<Box<dyn Stage>, CompileError> {
     let items: Vec<(&Value, String)> = match spec {
         Value::String(_) => vec![(spec, path.to_string())],
-        Value::Array(a) if !a.is_empty() => a.iter().enumerate().map(|(i, v)| (v, path_index(path, i))).collect(),
+        Value::Array(a) if !a.is_empty() => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v, path_index(path, i)))
+            .collect(),
         other => {
             return Err(CompileError::new(
                 path,
                 format!(
-                    "$unset specification must be a string or a non-empty array of strings, found {}",
-                    if matches!(other, Value::Array(_)) { "an empty array".to_string() } else { other.type_name().to_string() }
-                ),
+                "$unset specification must be a string or a non-empty array of strings, found {}",
+                if matches!(other, Value::Array(_)) {
+                    "an empty array".to_string()
+                } else {
+                    other.type_name().to_string()
+                }
+            ),
             ))
         }
     };
@@ -554,7 +636,10 @@ pub(crate) fn compile_unset(spec: &Value, path: &str, cx: &mut CompileCtx) -> Re
         let Value::String(s) = v else {
             return Err(CompileError::new(
                 item_path,
-                format!("$unset: each field must be a string, found {}", v.type_name()),
+                format!(
+                    "$unset: each field must be a string, found {}",
+                    v.type_name()
+                ),
             ));
         };
         let segs = split_field(s, "$unset", &item_path)?;

@@ -2,7 +2,7 @@
 
 use crate::error::{path_key, CompileError, EvalError};
 use crate::expr::{compile_expr, named_args, parse_field_path, CompileCtx, Ctx, Env, Expr};
-use crate::stages::Stage;
+use crate::stages::{Stage, StageState};
 use crate::value::{Document, Str, Value};
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -47,7 +47,12 @@ impl Stage for ReplaceRoot {
         self.name
     }
 
-    fn process(&mut self, mut doc: Document, env: &Env, out: &mut Vec<Document>) -> Result<(), EvalError> {
+    fn process(
+        &mut self,
+        mut doc: Document,
+        env: &Env,
+        out: &mut Vec<Document>,
+    ) -> Result<(), EvalError> {
         // A plain path to an embedded document moves it out instead of cloning it.
         if let Expr::FieldPath(segs) = &*self.expr {
             if let Some(Value::Document(d)) = path_mut(&mut doc, segs) {
@@ -82,7 +87,11 @@ impl Stage for ReplaceRoot {
 }
 
 /// Compiles `$replaceRoot: {newRoot: <expr>}`.
-pub(crate) fn compile_replace_root(spec: &Value, path: &str, cx: &mut CompileCtx) -> Result<Box<dyn Stage>, CompileError> {
+pub(crate) fn compile_replace_root(
+    spec: &Value,
+    path: &str,
+    cx: &mut CompileCtx,
+) -> Result<Box<dyn Stage>, CompileError> {
     let a = named_args("$replaceRoot", spec, &["newRoot"], &[], path)?;
     let expr = compile_expr(a["newRoot"], &path_key(path, "newRoot"), cx)?;
     Ok(Box::new(ReplaceRoot {
@@ -93,7 +102,11 @@ pub(crate) fn compile_replace_root(spec: &Value, path: &str, cx: &mut CompileCtx
 }
 
 /// Compiles `$replaceWith: <expr>`.
-pub(crate) fn compile_replace_with(spec: &Value, path: &str, cx: &mut CompileCtx) -> Result<Box<dyn Stage>, CompileError> {
+pub(crate) fn compile_replace_with(
+    spec: &Value,
+    path: &str,
+    cx: &mut CompileCtx,
+) -> Result<Box<dyn Stage>, CompileError> {
     let expr = compile_expr(spec, path, cx)?;
     Ok(Box::new(ReplaceRoot {
         name: "$replaceWith",
@@ -117,7 +130,12 @@ impl Stage for Count {
         "$count"
     }
 
-    fn process(&mut self, _doc: Document, _env: &Env, _out: &mut Vec<Document>) -> Result<(), EvalError> {
+    fn process(
+        &mut self,
+        _doc: Document,
+        _env: &Env,
+        _out: &mut Vec<Document>,
+    ) -> Result<(), EvalError> {
         self.count += 1;
         Ok(())
     }
@@ -147,19 +165,37 @@ impl Stage for Count {
     fn is_blocking(&self) -> bool {
         true
     }
+
+    fn checkpoint_state(&self) -> Result<StageState, EvalError> {
+        Ok(StageState::State(Value::Int64(self.count as i64)))
+    }
+
+    fn restore_state(&mut self, state: &Value) -> Result<(), EvalError> {
+        self.count = super::restore_counter("$count", state)?;
+        Ok(())
+    }
 }
 
 /// Compiles `$count: "<field>"`.
-pub(crate) fn compile_count(spec: &Value, path: &str, _cx: &mut CompileCtx) -> Result<Box<dyn Stage>, CompileError> {
+pub(crate) fn compile_count(
+    spec: &Value,
+    path: &str,
+    _cx: &mut CompileCtx,
+) -> Result<Box<dyn Stage>, CompileError> {
     let err = |m: &str| Err(CompileError::new(path, format!("$count: {m}")));
     let Value::String(s) = spec else {
-        return err(&format!("the count field must be a non-empty string, found {}", spec.type_name()));
+        return err(&format!(
+            "the count field must be a non-empty string, found {}",
+            spec.type_name()
+        ));
     };
     if s.is_empty() {
         return err("the count field must be a non-empty string");
     }
     if s.starts_with('$') {
-        return err(&format!("the count field cannot be a $-prefixed path, found '{s}'"));
+        return err(&format!(
+            "the count field cannot be a $-prefixed path, found '{s}'"
+        ));
     }
     if s.contains('\0') {
         return err("the count field cannot contain a null byte");
@@ -200,7 +236,12 @@ impl Stage for Unwind {
         "$unwind"
     }
 
-    fn process(&mut self, mut doc: Document, _env: &Env, out: &mut Vec<Document>) -> Result<(), EvalError> {
+    fn process(
+        &mut self,
+        mut doc: Document,
+        _env: &Env,
+        out: &mut Vec<Document>,
+    ) -> Result<(), EvalError> {
         let slot = path_mut(&mut doc, &self.path);
         match slot {
             Some(Value::Array(items)) if items.is_empty() => {
@@ -226,7 +267,11 @@ impl Stage for Unwind {
                 for (i, item) in items.into_iter().enumerate() {
                     // The last element reuses the input document; the others clone it
                     // (with the array already taken out, so it is not copied n times).
-                    let mut d = if i + 1 == n { std::mem::take(&mut doc) } else { doc.clone() };
+                    let mut d = if i + 1 == n {
+                        std::mem::take(&mut doc)
+                    } else {
+                        doc.clone()
+                    };
                     if !self.conflicting {
                         if let Some(slot) = path_mut(&mut d, &self.path) {
                             *slot = item;
@@ -251,7 +296,11 @@ impl Stage for Unwind {
 }
 
 /// Compiles `$unwind: "$path"` or `$unwind: {path, includeArrayIndex, preserveNullAndEmptyArrays}`.
-pub(crate) fn compile_unwind(spec: &Value, path: &str, _cx: &mut CompileCtx) -> Result<Box<dyn Stage>, CompileError> {
+pub(crate) fn compile_unwind(
+    spec: &Value,
+    path: &str,
+    _cx: &mut CompileCtx,
+) -> Result<Box<dyn Stage>, CompileError> {
     let (field, field_path, index, preserve) = match spec {
         Value::String(s) => (s.as_str(), path.to_string(), None, false),
         Value::Document(d) => {
@@ -306,7 +355,10 @@ pub(crate) fn compile_unwind(spec: &Value, path: &str, _cx: &mut CompileCtx) -> 
         other => {
             return Err(CompileError::new(
                 path,
-                format!("$unwind: expected either a string or an object as specification, found {}", other.type_name()),
+                format!(
+                    "$unwind: expected either a string or an object as specification, found {}",
+                    other.type_name()
+                ),
             ))
         }
     };
@@ -344,7 +396,12 @@ enum Decision {
 }
 
 impl Redact {
-    fn decide(&self, current: &Document, root: &Document, env: &Env) -> Result<Decision, EvalError> {
+    fn decide(
+        &self,
+        current: &Document,
+        root: &Document,
+        env: &Env,
+    ) -> Result<Decision, EvalError> {
         let ctx = Ctx {
             root,
             current,
@@ -352,10 +409,12 @@ impl Redact {
             env,
         };
         let v = self.expr.eval(&ctx)?;
+        // MongoDB binds the three variables to the strings "keep", "prune" and "descend";
+        // this engine compiles them to "$$KEEP", ... Both spellings are decisions.
         match v.as_str() {
-            Some("$$KEEP") => Ok(Decision::Keep),
-            Some("$$PRUNE") => Ok(Decision::Prune),
-            Some("$$DESCEND") => Ok(Decision::Descend),
+            Some("$$KEEP" | "keep") => Ok(Decision::Keep),
+            Some("$$PRUNE" | "prune") => Ok(Decision::Prune),
+            Some("$$DESCEND" | "descend") => Ok(Decision::Descend),
             _ => Err(EvalError::new(format!(
                 "$redact: the expression must return $$KEEP, $$DESCEND or $$PRUNE, but returned {}",
                 show(&v)
@@ -364,7 +423,12 @@ impl Redact {
     }
 
     /// Redacts an embedded document; `None` when it is pruned.
-    fn redact_doc(&self, current: &Document, root: &Document, env: &Env) -> Result<Option<Document>, EvalError> {
+    fn redact_doc(
+        &self,
+        current: &Document,
+        root: &Document,
+        env: &Env,
+    ) -> Result<Option<Document>, EvalError> {
         match self.decide(current, root, env)? {
             Decision::Keep => Ok(Some(current.clone())),
             Decision::Prune => Ok(None),
@@ -372,7 +436,12 @@ impl Redact {
         }
     }
 
-    fn descend(&self, current: &Document, root: &Document, env: &Env) -> Result<Document, EvalError> {
+    fn descend(
+        &self,
+        current: &Document,
+        root: &Document,
+        env: &Env,
+    ) -> Result<Document, EvalError> {
         let mut out = Document::with_capacity(current.len());
         for (k, v) in current.iter() {
             if let Some(v) = self.redact_value(v, root, env)? {
@@ -382,7 +451,12 @@ impl Redact {
         Ok(out)
     }
 
-    fn redact_value(&self, v: &Value, root: &Document, env: &Env) -> Result<Option<Value>, EvalError> {
+    fn redact_value(
+        &self,
+        v: &Value,
+        root: &Document,
+        env: &Env,
+    ) -> Result<Option<Value>, EvalError> {
         match v {
             Value::Document(d) => Ok(self.redact_doc(d, root, env)?.map(Value::Document)),
             Value::Array(items) => {
@@ -404,7 +478,12 @@ impl Stage for Redact {
         "$redact"
     }
 
-    fn process(&mut self, doc: Document, env: &Env, out: &mut Vec<Document>) -> Result<(), EvalError> {
+    fn process(
+        &mut self,
+        doc: Document,
+        env: &Env,
+        out: &mut Vec<Document>,
+    ) -> Result<(), EvalError> {
         match self.decide(&doc, &doc, env)? {
             Decision::Keep => out.push(doc),
             Decision::Prune => {}
@@ -419,7 +498,11 @@ impl Stage for Redact {
 }
 
 /// Compiles `$redact: <expr>`; `$$DESCEND`, `$$PRUNE` and `$$KEEP` compile to marker strings.
-pub(crate) fn compile_redact(spec: &Value, path: &str, cx: &mut CompileCtx) -> Result<Box<dyn Stage>, CompileError> {
+pub(crate) fn compile_redact(
+    spec: &Value,
+    path: &str,
+    cx: &mut CompileCtx,
+) -> Result<Box<dyn Stage>, CompileError> {
     Ok(Box::new(Redact {
         expr: Arc::new(compile_expr(spec, path, cx)?),
     }))

@@ -82,7 +82,11 @@ impl TimeUnit {
         let shifted = months.and_then(|m| {
             let dt = DateTime::<Utc>::from_timestamp_millis(millis)?;
             let n = Months::new(u32::try_from(m.unsigned_abs()).ok()?);
-            let moved = if m < 0 { dt.checked_sub_months(n) } else { dt.checked_add_months(n) }?;
+            let moved = if m < 0 {
+                dt.checked_sub_months(n)
+            } else {
+                dt.checked_add_months(n)
+            }?;
             Some(moved.timestamp_millis())
         });
         shifted.unwrap_or(saturate)
@@ -120,6 +124,19 @@ impl Bounds {
     /// `["unbounded", "current"]`, the implicit window of rank-like functions.
     pub(super) const TO_CURRENT: Bounds = Bounds::Documents(Bound::Unbounded, Bound::Current);
 
+    /// True when the window starts at the first document of the partition, so it only
+    /// grows from one document to the next.
+    pub(super) fn lower_unbounded(&self) -> bool {
+        matches!(
+            self,
+            Bounds::Documents(Bound::Unbounded, _)
+                | Bounds::Range {
+                    lower: Bound::Unbounded,
+                    ..
+                }
+        )
+    }
+
     /// The time unit of a range window, if any.
     pub(super) fn range_unit(&self) -> Option<Option<TimeUnit>> {
         match self {
@@ -139,7 +156,10 @@ impl Bounds {
         let Value::Document(d) = spec else {
             return Err(CompileError::new(
                 path,
-                format!("'window' field must be an object, found {}", spec.type_name()),
+                format!(
+                    "'window' field must be an object, found {}",
+                    spec.type_name()
+                ),
             ));
         };
         let documents = d.get("documents");
@@ -173,7 +193,10 @@ impl Bounds {
                     Some(n) => Ok(n),
                     None => Err(CompileError::new(
                         p,
-                        format!("numeric document-based bounds must be an integer, found {}", v.to_json()),
+                        format!(
+                            "numeric document-based bounds must be an integer, found {}",
+                            v.to_json()
+                        ),
                     )),
                 }
             };
@@ -189,7 +212,10 @@ impl Bounds {
             }
             let bounds = Bounds::Documents(lower, upper);
             if bounds != Bounds::WHOLE && !has_sort {
-                return Err(CompileError::new(path, "document-based bounds require a sortBy"));
+                return Err(CompileError::new(
+                    path,
+                    "document-based bounds require a sortBy",
+                ));
             }
             return Ok(bounds);
         }
@@ -208,7 +234,10 @@ impl Bounds {
                     Some(_) => Ok(v.clone()),
                     None => Err(CompileError::new(
                         p,
-                        format!("with 'unit', range-based bounds must be an integer, found {}", v.to_json()),
+                        format!(
+                            "with 'unit', range-based bounds must be an integer, found {}",
+                            v.to_json()
+                        ),
                     )),
                 }
             } else if v.is_number() {
@@ -227,15 +256,25 @@ impl Bounds {
             if compare_values(&l, &u) == Ordering::Greater {
                 return Err(CompileError::new(
                     &p,
-                    format!("lower bound must not exceed upper bound: [{}, {}]", l.to_json(), u.to_json()),
+                    format!(
+                        "lower bound must not exceed upper bound: [{}, {}]",
+                        l.to_json(),
+                        u.to_json()
+                    ),
                 ));
             }
         }
         if sort.len() != 1 {
-            return Err(CompileError::new(path, "range-based bounds require sortBy a single field"));
+            return Err(CompileError::new(
+                path,
+                "range-based bounds require sortBy a single field",
+            ));
         }
         if !sort[0].1 {
-            return Err(CompileError::new(path, "range-based bounds require an ascending sortBy"));
+            return Err(CompileError::new(
+                path,
+                "range-based bounds require an ascending sortBy",
+            ));
         }
         Ok(Bounds::Range { lower, upper, unit })
     }
@@ -243,7 +282,12 @@ impl Bounds {
     /// The inclusive window `(first, last)` of the document at `i` in a sorted partition,
     /// or `None` when the window is empty. For range windows every document of the
     /// partition has a sortBy value of the right type (checked when buffering).
-    pub(super) fn endpoints(&self, i: usize, docs: &[Document], sort_path: &[Str]) -> Option<(usize, usize)> {
+    pub(super) fn endpoints(
+        &self,
+        i: usize,
+        docs: &[Document],
+        sort_path: &[Str],
+    ) -> Option<(usize, usize)> {
         let n = docs.len() as i64;
         match self {
             Bounds::Documents(lower, upper) => {
@@ -269,37 +313,60 @@ impl Bounds {
                 let base = value_at(i);
                 let threshold = |delta: &Value| -> Value {
                     match (unit, base.as_ref()) {
-                        (Some(u), Value::Date(ms)) => Value::Date(u.add_to(*ms, delta.as_i64_exact().unwrap_or(0))),
+                        (Some(u), Value::Date(ms)) => {
+                            Value::Date(u.add_to(*ms, delta.as_i64_exact().unwrap_or(0)))
+                        }
                         _ => match (base.as_number(), delta.as_number()) {
                             (Some(a), Some(b)) => a.add(b).to_value(),
                             _ => base.as_ref().clone(),
                         },
                     }
                 };
+                // The partition is sorted ascending on these values: binary search.
+                let n = docs.len();
                 let lo = match lower {
                     Bound::Unbounded => 0,
                     Bound::Current => i,
                     Bound::Offset(delta) => {
                         let t = threshold(delta);
-                        (0..docs.len()).find(|&j| compare_values(&value_at(j), &t) != Ordering::Less)?
+                        let j = partition_point(n, |j| {
+                            compare_values(&value_at(j), &t) == Ordering::Less
+                        });
+                        (j < n).then_some(j)?
                     }
                 };
                 let hi = match upper {
-                    Bound::Unbounded => docs.len() - 1,
+                    Bound::Unbounded => n - 1,
                     Bound::Current => i,
                     Bound::Offset(delta) => {
                         let t = threshold(delta);
-                        match (lo..docs.len()).find(|&j| compare_values(&t, &value_at(j)) == Ordering::Less) {
-                            Some(j) if j == lo => return None,
-                            Some(j) => j - 1,
-                            None => docs.len() - 1,
+                        let end = partition_point(n, |j| {
+                            compare_values(&t, &value_at(j)) != Ordering::Less
+                        });
+                        if end <= lo {
+                            return None;
                         }
+                        end - 1
                     }
                 };
                 (lo <= hi).then_some((lo, hi))
             }
         }
     }
+}
+
+/// The first index in `0..n` for which `pred` is false (`pred` holds on a prefix).
+fn partition_point(n: usize, pred: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 /// The numeric value of a bound with `current` as zero; `None` for `unbounded`.
@@ -316,7 +383,10 @@ fn unpack<'v>(v: &'v Value, path: &str) -> Result<(&'v Value, &'v Value), Compil
         Value::Array(items) if items.len() == 2 => Ok((&items[0], &items[1])),
         other => Err(CompileError::new(
             path,
-            format!("window bounds must be a 2-element array, found {}", other.to_json()),
+            format!(
+                "window bounds must be a 2-element array, found {}",
+                other.to_json()
+            ),
         )),
     }
 }
@@ -331,7 +401,10 @@ fn parse_bound<T>(
         return match s.as_str() {
             "unbounded" => Ok(Bound::Unbounded),
             "current" => Ok(Bound::Current),
-            _ if s.starts_with('$') => Err(CompileError::new(path, "window bounds expression must be a constant")),
+            _ if s.starts_with('$') => Err(CompileError::new(
+                path,
+                "window bounds expression must be a constant",
+            )),
             _ => Err(CompileError::new(
                 path,
                 format!("window bounds must be 'unbounded', 'current', or a number, found \"{s}\""),
@@ -341,7 +414,10 @@ fn parse_bound<T>(
     let e = compile_expr(v, path, cx)?;
     match e.as_literal() {
         Some(c) => Ok(Bound::Offset(convert(c, path)?)),
-        None => Err(CompileError::new(path, "window bounds expression must be a constant")),
+        None => Err(CompileError::new(
+            path,
+            "window bounds expression must be a constant",
+        )),
     }
 }
 
@@ -355,12 +431,101 @@ pub(super) fn check_range_value(v: &Value, unit: Option<TimeUnit>) -> Result<(),
             other.type_name()
         )),
         (None, Value::Date(_)) => Err(
-            "invalid range: for windows that involve date or time ranges, a unit must be provided".to_string(),
+            "invalid range: for windows that involve date or time ranges, a unit must be provided"
+                .to_string(),
         ),
         (None, other) if other.is_number() => Ok(()),
         (None, other) => Err(format!(
             "invalid range: expected the sortBy field to be a number, but it was {}",
             other.type_name()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::parse_document;
+
+    fn ms(s: &str) -> i64 {
+        match parse_document(&format!(r#"{{"d": {{"$date": "{s}"}}}}"#))
+            .unwrap()
+            .get("d")
+        {
+            Some(Value::Date(ms)) => *ms,
+            other => panic!("not a date: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn calendar_units_clamp_to_month_end() {
+        let jan31 = ms("2024-01-31T10:00:00Z");
+        assert_eq!(TimeUnit::Month.add_to(jan31, 1), ms("2024-02-29T10:00:00Z"));
+        assert_eq!(
+            TimeUnit::Month.add_to(jan31, -2),
+            ms("2023-11-30T10:00:00Z")
+        );
+        assert_eq!(
+            TimeUnit::Quarter.add_to(jan31, 1),
+            ms("2024-04-30T10:00:00Z")
+        );
+        assert_eq!(
+            TimeUnit::Year.add_to(ms("2024-02-29T00:00:00Z"), 1),
+            ms("2025-02-28T00:00:00Z")
+        );
+        assert_eq!(TimeUnit::Week.add_to(jan31, -1), ms("2024-01-24T10:00:00Z"));
+        assert_eq!(TimeUnit::Millisecond.add_to(i64::MAX, 1), i64::MAX);
+        assert_eq!(TimeUnit::Year.add_to(0, i64::MIN), i64::MIN);
+    }
+
+    fn docs(xs: &[i32]) -> Vec<Document> {
+        xs.iter()
+            .map(|x| parse_document(&format!(r#"{{"x": {x}}}"#)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn document_endpoints_clamp_to_the_partition() {
+        let d = docs(&[1, 2, 3, 4]);
+        let path: Vec<Str> = vec!["x".into()];
+        let b = Bounds::Documents(Bound::Offset(-1), Bound::Offset(1));
+        assert_eq!(b.endpoints(0, &d, &path), Some((0, 1)));
+        assert_eq!(b.endpoints(3, &d, &path), Some((2, 3)));
+        let after = Bounds::Documents(Bound::Offset(5), Bound::Unbounded);
+        assert_eq!(after.endpoints(0, &d, &path), None);
+        let before = Bounds::Documents(Bound::Unbounded, Bound::Offset(-1));
+        assert_eq!(before.endpoints(0, &d, &path), None);
+        assert_eq!(before.endpoints(2, &d, &path), Some((0, 1)));
+    }
+
+    #[test]
+    fn range_endpoints_follow_sort_values() {
+        let d = docs(&[1, 2, 2, 5, 9]);
+        let path: Vec<Str> = vec!["x".into()];
+        let range = |lo: Bound<Value>, hi: Bound<Value>| Bounds::Range {
+            lower: lo,
+            upper: hi,
+            unit: None,
+        };
+        let around = range(
+            Bound::Offset(Value::Int32(-1)),
+            Bound::Offset(Value::Int32(1)),
+        );
+        assert_eq!(around.endpoints(1, &d, &path), Some((0, 2)));
+        assert_eq!(around.endpoints(3, &d, &path), Some((3, 3)));
+        let peers = range(
+            Bound::Offset(Value::Int32(0)),
+            Bound::Offset(Value::Int32(0)),
+        );
+        assert_eq!(peers.endpoints(2, &d, &path), Some((1, 2)));
+        // "current" is the current document itself, not its peers.
+        let current = range(Bound::Current, Bound::Current);
+        assert_eq!(current.endpoints(2, &d, &path), Some((2, 2)));
+        let gap = range(
+            Bound::Offset(Value::Int32(-3)),
+            Bound::Offset(Value::Int32(-2)),
+        );
+        assert_eq!(gap.endpoints(4, &d, &path), None);
+        assert_eq!(gap.endpoints(3, &d, &path), Some((1, 2)));
     }
 }

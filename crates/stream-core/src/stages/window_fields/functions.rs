@@ -1,6 +1,6 @@
 //! Window functions of `$setWindowFields` outputs: the `$group` accumulators evaluated
 //! over a window, and the window-only operators (`$rank`, `$denseRank`,
-//! `$documentNumber`, `$shift`, `$locf`, `$derivative`, `$integral`, `$expMovingAvg`,
+//! `$documentNumber`, `$shift`, `$locf`, `$linearFill`, `$derivative`, `$integral`, `$expMovingAvg`,
 //! `$covariancePop`, `$covarianceSamp`, `$first`, `$last`).
 
 use super::bounds::{Bound, Bounds, TimeUnit};
@@ -33,7 +33,29 @@ const ACCUMULATORS: &[&str] = &[
     "$bottomN",
     "$median",
     "$percentile",
+    "$mergeObjects",
 ];
+
+/// Window functions implemented here rather than by a `$group` accumulator.
+const WINDOW_ONLY: &[&str] = &[
+    "$rank",
+    "$denseRank",
+    "$documentNumber",
+    "$first",
+    "$last",
+    "$shift",
+    "$locf",
+    "$linearFill",
+    "$expMovingAvg",
+    "$derivative",
+    "$integral",
+    "$covariancePop",
+    "$covarianceSamp",
+];
+
+fn is_window_function(name: &str) -> bool {
+    ACCUMULATORS.contains(&name) || WINDOW_ONLY.contains(&name)
+}
 
 /// A compiled window function.
 #[derive(Debug, Clone)]
@@ -45,9 +67,15 @@ pub(super) enum WindowFn {
     /// `$rank`, `$denseRank` or `$documentNumber`, with the sortBy direction.
     Rank(RankKind, bool),
     /// `$shift`: the expression on the document `by` positions away.
-    Shift { output: Expr, by: i64, default: Value },
+    Shift {
+        output: Expr,
+        by: i64,
+        default: Value,
+    },
     /// `$locf`: the last non-null value so far.
     Locf(Expr),
+    /// `$linearFill`: nulls interpolated between the surrounding values.
+    LinearFill(Expr),
     /// `$derivative`: rise over run between the ends of the window.
     Derivative { input: Expr, unit_ms: Option<i64> },
     /// `$integral`: trapezoidal rule over the window.
@@ -95,32 +123,50 @@ pub(super) fn compile_output(
             format!("an output field must be an object like {{\"$sum\": \"$x\", \"window\": {{...}}}}, found {}", spec.type_name()),
         ));
     };
-    let mut func: Option<(&str, &Value)> = None;
+    // The function is found first (as MongoDB does), then the other fields are checked.
+    let Some((name, args)) = d.iter().find(|(k, _)| k.starts_with('$')) else {
+        return Err(err(
+            path,
+            match d.keys().next() {
+                Some(k) => format!("expected a $-prefixed window function, found '{k}'"),
+                None => "expected a $-prefixed window function such as $sum or $rank".to_string(),
+            },
+        ));
+    };
+    let name = name.as_str();
+    if !is_window_function(name) {
+        return Err(err(
+            path_key(path, name),
+            format!("unrecognized window function, {name}"),
+        ));
+    }
     let mut window: Option<&Value> = None;
     for (k, v) in d.iter() {
         if k == "window" {
             window = Some(v);
         } else if k.starts_with('$') {
-            if func.is_some() {
-                return Err(err(path_key(path, k), "cannot specify two functions in window function spec"));
+            if k != name {
+                return Err(err(
+                    path_key(path, k),
+                    "cannot specify two functions in window function spec",
+                ));
             }
-            func = Some((k.as_str(), v));
         } else {
             return Err(err(
                 path_key(path, k),
-                format!("window function found an unknown argument: '{k}'"),
+                format!("window function {name} found an unknown argument: '{k}'"),
             ));
         }
     }
-    let Some((name, args)) = func else {
-        return Err(err(path, "expected a $-prefixed window function such as $sum or $rank"));
-    };
     let fpath = path_key(path, name);
     let wpath = path_key(path, "window");
     let has_sort = !sort.is_empty();
     let no_window = |what: &str| -> Result<(), CompileError> {
         match window {
-            Some(_) => Err(err(&wpath, format!("'window' field is not allowed in {what}"))),
+            Some(_) => Err(err(
+                &wpath,
+                format!("'window' field is not allowed in {what}"),
+            )),
             None => Ok(()),
         }
     };
@@ -132,10 +178,18 @@ pub(super) fn compile_output(
     let (func, bounds) = match name {
         "$rank" | "$denseRank" | "$documentNumber" => {
             if d.len() != 1 {
-                return Err(err(path, format!("{name}: rank style window functions take no other arguments (no 'window')")));
+                return Err(err(
+                    path,
+                    format!(
+                        "{name}: rank style window functions take no other arguments (no 'window')"
+                    ),
+                ));
             }
             if !matches!(args, Value::Document(a) if a.is_empty()) {
-                return Err(err(&fpath, format!("{name} must be specified with '{{}}' as the value")));
+                return Err(err(
+                    &fpath,
+                    format!("{name} must be specified with '{{}}' as the value"),
+                ));
             }
             if sort.len() != 1 {
                 return Err(err(
@@ -153,7 +207,13 @@ pub(super) fn compile_output(
         "$first" | "$last" => {
             let input = compile_expr(args, &fpath, cx)?;
             let bounds = parse_window(cx)?.unwrap_or(Bounds::WHOLE);
-            (WindowFn::Edge { input, last: name == "$last" }, bounds)
+            (
+                WindowFn::Edge {
+                    input,
+                    last: name == "$last",
+                },
+                bounds,
+            )
         }
         "$shift" => {
             no_window("$shift")?;
@@ -164,7 +224,23 @@ pub(super) fn compile_output(
         }
         "$locf" => {
             no_window("$locf")?;
-            (WindowFn::Locf(compile_expr(args, &fpath, cx)?), Bounds::TO_CURRENT)
+            (
+                WindowFn::Locf(compile_expr(args, &fpath, cx)?),
+                Bounds::TO_CURRENT,
+            )
+        }
+        "$linearFill" => {
+            no_window("$linearFill")?;
+            if sort.len() != 1 {
+                return Err(err(
+                    &fpath,
+                    "$linearFill must be specified with a top level sortBy expression with exactly one element",
+                ));
+            }
+            (
+                WindowFn::LinearFill(compile_expr(args, &fpath, cx)?),
+                Bounds::WHOLE,
+            )
         }
         "$expMovingAvg" => {
             no_window("$expMovingAvg")?;
@@ -177,7 +253,9 @@ pub(super) fn compile_output(
             if sort.len() != 1 {
                 return Err(err(
                     &fpath,
-                    format!("{name} requires a sortBy with exactly one field (the time or position)"),
+                    format!(
+                        "{name} requires a sortBy with exactly one field (the time or position)"
+                    ),
                 ));
             }
             let (input, unit_ms) = compile_with_unit(name, args, &fpath, cx)?;
@@ -188,7 +266,10 @@ pub(super) fn compile_output(
                 };
                 (WindowFn::Derivative { input, unit_ms }, bounds)
             } else {
-                (WindowFn::Integral { input, unit_ms }, bounds.unwrap_or(Bounds::WHOLE))
+                (
+                    WindowFn::Integral { input, unit_ms },
+                    bounds.unwrap_or(Bounds::WHOLE),
+                )
             }
         }
         "$covariancePop" | "$covarianceSamp" => {
@@ -197,32 +278,59 @@ pub(super) fn compile_output(
                 other => {
                     return Err(err(
                         &fpath,
-                        format!("{name} expects an array of two expressions, found {}", other.to_json()),
+                        format!(
+                            "{name} expects an array of two expressions, found {}",
+                            other.to_json()
+                        ),
                     ))
                 }
             };
             let x = compile_expr(&list[0], &path_index(&fpath, 0), cx)?;
             let y = compile_expr(&list[1], &path_index(&fpath, 1), cx)?;
             let bounds = parse_window(cx)?.unwrap_or(Bounds::WHOLE);
-            (WindowFn::Covariance { x, y, sample: name == "$covarianceSamp" }, bounds)
+            (
+                WindowFn::Covariance {
+                    x,
+                    y,
+                    sample: name == "$covarianceSamp",
+                },
+                bounds,
+            )
         }
-        _ if ACCUMULATORS.contains(&name) => {
+        _ => {
+            let bounds = parse_window(cx)?.unwrap_or(Bounds::WHOLE);
+            if name == "$mergeObjects" && !bounds.lower_unbounded() {
+                return Err(err(
+                    &wpath,
+                    "$mergeObjects is only supported with windows whose lower bound is 'unbounded'",
+                ));
+            }
             let mut acc_doc = Document::with_capacity(1);
             acc_doc.insert(name, args.clone());
             let spec = compile_accumulator(&Value::Document(acc_doc), path, cx)?;
-            let bounds = parse_window(cx)?.unwrap_or(Bounds::WHOLE);
             (WindowFn::Accumulator(spec), bounds)
         }
-        _ => {
-            return Err(err(&fpath, format!("unrecognized window function, {name}")));
-        }
     };
-    Ok(Output { path: field, func, bounds })
+    Ok(Output {
+        path: field,
+        func,
+        bounds,
+    })
 }
 
-fn compile_shift(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<(WindowFn, Bounds), CompileError> {
+fn compile_shift(
+    args: &Value,
+    path: &str,
+    cx: &mut CompileCtx,
+) -> Result<(WindowFn, Bounds), CompileError> {
     let Value::Document(a) = args else {
-        return Err(err(path, format!("argument to $shift must be an object, found {}", args.type_name())));
+        return Err(err(
+            path,
+            format!(
+                "argument to $shift must be an object, found {}",
+                args.type_name()
+            ),
+        ));
     };
     let (mut output, mut by, mut default) = (None, None, Value::Null);
     for (k, v) in a.iter() {
@@ -230,17 +338,34 @@ fn compile_shift(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<(Windo
         match k.as_str() {
             "output" => output = Some(compile_expr(v, &p, cx)?),
             "by" => {
-                let n = compile_expr(v, &p, cx)?
-                    .as_literal()
-                    .and_then(|c| if c.is_number() { c.as_i64_exact() } else { None });
-                match n {
+                // A number written in the spec, not an expression.
+                match v.as_i64_exact() {
                     Some(n) => by = Some(n),
-                    None => return Err(err(&p, format!("$shift requires 'by' as an integer value, found {}", v.to_json()))),
+                    None => {
+                        return Err(err(
+                            &p,
+                            format!(
+                                "$shift requires 'by' as an integer value, found {}",
+                                v.to_json()
+                            ),
+                        ))
+                    }
                 }
             }
             "default" => match compile_expr(v, &p, cx)?.as_literal() {
-                Some(c) => default = if c.is_missing() { Value::Null } else { c.clone() },
-                None => return Err(err(&p, "$shift requires 'default' expression to be constant")),
+                Some(c) => {
+                    default = if c.is_missing() {
+                        Value::Null
+                    } else {
+                        c.clone()
+                    }
+                }
+                None => {
+                    return Err(err(
+                        &p,
+                        "$shift requires 'default' expression to be constant",
+                    ))
+                }
             },
             _ => return Err(err(&p, format!("$shift got unexpected argument: {k}"))),
         }
@@ -249,13 +374,28 @@ fn compile_shift(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<(Windo
         return Err(err(path, "$shift requires an 'output' expression"));
     };
     let Some(by) = by else {
-        return Err(err(path, "$shift requires a 'by' field (an integer offset)"));
+        return Err(err(
+            path,
+            "$shift requires a 'by' field (an integer offset)",
+        ));
     };
-    Ok((WindowFn::Shift { output, by, default }, Bounds::WHOLE))
+    Ok((
+        WindowFn::Shift {
+            output,
+            by,
+            default,
+        },
+        Bounds::WHOLE,
+    ))
 }
 
-fn compile_ema(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<(WindowFn, Bounds), CompileError> {
-    let usage = "$expMovingAvg takes an object with exactly two fields: 'input', and either 'N' or 'alpha'";
+fn compile_ema(
+    args: &Value,
+    path: &str,
+    cx: &mut CompileCtx,
+) -> Result<(WindowFn, Bounds), CompileError> {
+    let usage =
+        "$expMovingAvg takes an object with exactly two fields: 'input', and either 'N' or 'alpha'";
     let Value::Document(a) = args else {
         return Err(err(path, usage));
     };
@@ -269,7 +409,13 @@ fn compile_ema(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<(WindowF
     let alpha = if let Some(n) = a.get("N") {
         let p = path_key(path, "N");
         let Some(num) = n.as_number() else {
-            return Err(err(&p, format!("'N' field must be an integer, but found type {}", n.type_name())));
+            return Err(err(
+                &p,
+                format!(
+                    "'N' field must be an integer, but found type {}",
+                    n.type_name()
+                ),
+            ));
         };
         let Some(n) = num.to_i64_exact() else {
             return Err(err(&p, format!("'N' field must be an integer, but found {}; to use a non-integer, use the 'alpha' argument instead", n.to_json())));
@@ -281,11 +427,20 @@ fn compile_ema(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<(WindowF
     } else if let Some(alpha) = a.get("alpha") {
         let p = path_key(path, "alpha");
         let Some(num) = alpha.as_number() else {
-            return Err(err(&p, format!("'alpha' must be a number, found {}", alpha.type_name())));
+            return Err(err(
+                &p,
+                format!("'alpha' must be a number, found {}", alpha.type_name()),
+            ));
         };
         let d = num.to_decimal();
         if !(d > Decimal128::from(0) && d < Decimal128::from(1)) {
-            return Err(err(&p, format!("'alpha' must be between 0 and 1 (exclusive), found {}", alpha.to_json())));
+            return Err(err(
+                &p,
+                format!(
+                    "'alpha' must be between 0 and 1 (exclusive), found {}",
+                    alpha.to_json()
+                ),
+            ));
         }
         d
     } else {
@@ -301,7 +456,13 @@ fn compile_with_unit(
     cx: &mut CompileCtx,
 ) -> Result<(Expr, Option<i64>), CompileError> {
     let Value::Document(a) = args else {
-        return Err(err(path, format!("{name} expects an object like {{input: <expr>, unit: <unit>}}, found {}", args.type_name())));
+        return Err(err(
+            path,
+            format!(
+                "{name} expects an object like {{input: <expr>, unit: <unit>}}, found {}",
+                args.type_name()
+            ),
+        ));
     };
     let (mut input, mut unit_ms) = (None, None);
     for (k, v) in a.iter() {
@@ -343,14 +504,19 @@ impl Output {
                 })
                 .collect(),
             WindowFn::Rank(kind, asc) => rank(*kind, *asc, docs, sort_path),
-            WindowFn::Shift { output, by, default } => (0..docs.len())
+            WindowFn::Shift {
+                output,
+                by,
+                default,
+            } => (0..docs.len())
                 .map(|i| {
                     let j = i as i64 + by;
                     if j < 0 || j >= docs.len() as i64 {
-                        Ok(default.clone())
-                    } else {
-                        output.eval_owned(&Ctx::new(&docs[j as usize], env))
+                        return Ok(default.clone());
                     }
+                    // A missing value on the shifted document also yields the default.
+                    let v = output.eval_owned(&Ctx::new(&docs[j as usize], env))?;
+                    Ok(if v.is_missing() { default.clone() } else { v })
                 })
                 .collect(),
             WindowFn::Locf(input) => {
@@ -365,10 +531,13 @@ impl Output {
                     })
                     .collect()
             }
+            WindowFn::LinearFill(input) => linear_fill(input, docs, sort_path, env),
             WindowFn::Derivative { input, unit_ms } => (0..docs.len())
                 .map(|i| match self.bounds.endpoints(i, docs, sort_path) {
                     None => Ok(Value::Null),
-                    Some((lo, hi)) => derivative(input, *unit_ms, &docs[lo], &docs[hi], sort_path, env),
+                    Some((lo, hi)) => {
+                        derivative(input, *unit_ms, &docs[lo], &docs[hi], sort_path, env)
+                    }
                 })
                 .collect(),
             WindowFn::Integral { input, unit_ms } => (0..docs.len())
@@ -387,26 +556,35 @@ impl Output {
         }
     }
 
-    fn accumulate(&self, spec: &AccumulatorSpec, docs: &[Document], sort_path: &[Str], env: &Env) -> Results {
+    fn accumulate(
+        &self,
+        spec: &AccumulatorSpec,
+        docs: &[Document],
+        sort_path: &[Str],
+        env: &Env,
+    ) -> Results {
         let run = |window: &[Document]| -> Result<Value, EvalError> {
             let mut acc = spec.start();
             for doc in window {
                 acc.update(&Ctx::new(doc, env))?;
             }
-            Ok(acc.result())
+            Ok(null_if_missing(acc.result()))
         };
         match &self.bounds {
             Bounds::Documents(Bound::Unbounded, Bound::Unbounded) => {
                 let r = run(docs);
                 vec![r; docs.len()]
             }
-            Bounds::Documents(Bound::Unbounded, _) => {
+            bounds if bounds.lower_unbounded() => {
                 // The window only grows: feed one running accumulator.
                 let mut acc = spec.start();
                 let (mut added, mut failed) = (0, None::<EvalError>);
                 (0..docs.len())
                     .map(|i| {
-                        let end = self.bounds.endpoints(i, docs, sort_path).map_or(0, |(_, hi)| hi + 1);
+                        let end = self
+                            .bounds
+                            .endpoints(i, docs, sort_path)
+                            .map_or(0, |(_, hi)| hi + 1);
                         while added < end {
                             if failed.is_none() {
                                 failed = acc.update(&Ctx::new(&docs[added], env)).err();
@@ -415,7 +593,7 @@ impl Output {
                         }
                         match &failed {
                             Some(e) => Err(e.clone()),
-                            None => Ok(acc.result()),
+                            None => Ok(null_if_missing(acc.result())),
                         }
                     })
                     .collect()
@@ -430,6 +608,15 @@ impl Output {
     }
 }
 
+/// A window function over an empty window, or over missing values, yields null.
+fn null_if_missing(v: Value) -> Value {
+    if v.is_missing() {
+        Value::Null
+    } else {
+        v
+    }
+}
+
 fn int_value(n: usize) -> Value {
     match i32::try_from(n) {
         Ok(n) => Value::Int32(n),
@@ -441,13 +628,13 @@ fn rank(kind: RankKind, asc: bool, docs: &[Document], sort_path: &[Str]) -> Resu
     let mut out = Vec::with_capacity(docs.len());
     let (mut rank, mut dense) = (0usize, 0usize);
     let mut prev: Option<Value> = None;
-    for i in 0..docs.len() {
+    for (i, doc) in docs.iter().enumerate() {
         // Ties compare as the sort does: null and missing are equal, arrays by their
         // sort key.
         let key = if kind == RankKind::DocumentNumber {
             Value::Null
         } else {
-            sort_key(&docs[i], sort_path, asc)
+            sort_key(doc, sort_path, asc)
         };
         let tie = prev
             .as_ref()
@@ -493,6 +680,76 @@ fn check_position(name: &str, v: &Value, unit_ms: Option<i64>) -> Result<(), Eva
     }
 }
 
+fn linear_fill(input: &Expr, docs: &[Document], sort_path: &[Str], env: &Env) -> Results {
+    // (x, y) of every document, checked as MongoDB does: y numeric or nullish, x numeric
+    // or a date, x strictly increasing and of one kind.
+    let mut points: Vec<Result<(Value, Option<Number>), EvalError>> =
+        Vec::with_capacity(docs.len());
+    let mut last_x: Option<Value> = None;
+    for doc in docs {
+        let point = (|| {
+            let y = input.eval(&Ctx::new(doc, env))?;
+            let y = match y.as_number() {
+                Some(n) => Some(n),
+                None if y.is_nullish() => None,
+                None => {
+                    return Err(EvalError::new(format!(
+                        "$linearFill: the value to fill must be numeric or null, found {}",
+                        y.type_name()
+                    )))
+                }
+            };
+            let x = doc_path(doc, sort_path).into_owned();
+            if !x.is_number() && !matches!(x, Value::Date(_)) {
+                return Err(EvalError::new(format!(
+                    "$linearFill: the sortBy field must be numeric or a date, found {}",
+                    x.type_name()
+                )));
+            }
+            if let Some(prev) = &last_x {
+                if compare_values(prev, &x) == Ordering::Equal {
+                    return Err(EvalError::new(
+                        "$linearFill: there can be no repeated values in the sortBy field",
+                    ));
+                }
+                if prev.is_number() != x.is_number() {
+                    return Err(EvalError::new(format!(
+                        "$linearFill: conflicting sortBy value types, {} and {}",
+                        prev.type_name(),
+                        x.type_name()
+                    )));
+                }
+            }
+            last_x = Some(x.clone());
+            Ok((x, y))
+        })();
+        points.push(point);
+    }
+    let known = |j: usize| match &points[j] {
+        Ok((x, Some(y))) => Some((x, *y)),
+        _ => None,
+    };
+    (0..docs.len())
+        .map(|i| {
+            let (x, y) = points[i].as_ref().map_err(Clone::clone)?;
+            if let Some(y) = y {
+                return Ok(y.to_value());
+            }
+            let before = (0..i).rev().find_map(known);
+            let after = (i + 1..docs.len()).find_map(known);
+            let (Some((x1, y1)), Some((x2, y2))) = (before, after) else {
+                return Ok(Value::Null);
+            };
+            // y1 + (x - x1) * ((y2 - y1) / (x2 - x1))
+            let filled = position_diff(x2, x1)
+                .and_then(|run| y2.sub(y1).div(run))
+                .zip(position_diff(x, x1))
+                .map(|(slope, dx)| y1.add(dx.mul(slope)));
+            Ok(filled.map_or(Value::Null, Number::to_value))
+        })
+        .collect()
+}
+
 fn derivative(
     input: &Expr,
     unit_ms: Option<i64>,
@@ -508,7 +765,9 @@ fn derivative(
     let yl = input.eval(&Ctx::new(left, env))?;
     let yr = input.eval(&Ctx::new(right, env))?;
     if yl.is_nullish() || yr.is_nullish() {
-        return Err(EvalError::new("$derivative input must not be null or missing"));
+        return Err(EvalError::new(
+            "$derivative input must not be null or missing",
+        ));
     }
     let Some(rise) = position_diff(&yr, &yl) else {
         return Err(EvalError::new(format!(
@@ -614,7 +873,13 @@ fn exp_moving_avg(input: &Expr, alpha: Decimal128, docs: &[Document], env: &Env)
         .collect()
 }
 
-fn covariance(x: &Expr, y: &Expr, sample: bool, window: &[Document], env: &Env) -> Result<Value, EvalError> {
+fn covariance(
+    x: &Expr,
+    y: &Expr,
+    sample: bool,
+    window: &[Document],
+    env: &Env,
+) -> Result<Value, EvalError> {
     let mut points = Vec::with_capacity(window.len());
     for doc in window {
         let ctx = Ctx::new(doc, env);
@@ -629,7 +894,10 @@ fn covariance(x: &Expr, y: &Expr, sample: bool, window: &[Document], env: &Env) 
     }
     let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n as f64;
     let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n as f64;
-    let c: f64 = points.iter().map(|(a, b)| (a - mean_x) * (b - mean_y)).sum();
+    let c: f64 = points
+        .iter()
+        .map(|(a, b)| (a - mean_x) * (b - mean_y))
+        .sum();
     let denom = if sample { n - 1 } else { n } as f64;
     Ok(Value::Double(c / denom))
 }

@@ -1,0 +1,218 @@
+//! The connector contract: [`Source`], [`Sink`], [`ConnectorProvider`] and the
+//! [`ConnectorRegistry`] that turns a `{"type": ..., "options": ...}` config into a
+//! running source or sink. Core knows no concrete connector; `stream-connect` and
+//! applications register providers.
+
+use super::definition::{ConnectorConfig, DefinitionError};
+use crate::value::{Document, Str, Value};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Whether retrying can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// I/O, timeouts, unavailable services: worth retrying.
+    Transient,
+    /// Bad data or configuration: retrying gives the same result.
+    Permanent,
+}
+
+/// A connector failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{connector}: {message}")]
+pub struct ConnectorError {
+    /// Connector type or name, e.g. `file`.
+    pub connector: String,
+    /// Whether retrying can help.
+    pub kind: ErrorKind,
+    /// What failed and how to fix it.
+    pub message: String,
+}
+
+impl ConnectorError {
+    /// A transient (retryable) failure.
+    pub fn transient(connector: impl Into<String>, message: impl Into<String>) -> Self {
+        ConnectorError { connector: connector.into(), kind: ErrorKind::Transient, message: message.into() }
+    }
+    /// A permanent failure.
+    pub fn permanent(connector: impl Into<String>, message: impl Into<String>) -> Self {
+        ConnectorError { connector: connector.into(), kind: ErrorKind::Permanent, message: message.into() }
+    }
+    /// An I/O error: transient.
+    pub fn io(connector: impl Into<String>, what: impl fmt::Display, e: &std::io::Error) -> Self {
+        Self::transient(connector, format!("{what}: {e}"))
+    }
+}
+
+/// The payload of a record: already a document, or JSON text still to parse (parsed by
+/// the orchestrator's workers, in parallel, keeping only the fields the pipeline reads).
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A parsed document.
+    Document(Document),
+    /// One JSON (Extended JSON) object as text.
+    Json(String),
+}
+
+/// One input record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The content.
+    pub payload: Payload,
+    /// Source partition (file path, Kafka topic-partition, ...). Order is kept per partition.
+    pub partition: Str,
+    /// Position to resume *after* this record (offset + 1, byte offset after the line, resume token).
+    pub position: Value,
+    /// Event time in epoch millis, when the source knows it.
+    pub event_time: Option<i64>,
+}
+
+/// Positions per partition: what a checkpoint stores and a source resumes from.
+pub type SourcePositions = BTreeMap<String, Value>;
+
+/// A batch fetched from a source.
+#[derive(Debug, Default)]
+pub struct SourceBatch {
+    /// Records in order per partition.
+    pub records: Vec<Record>,
+    /// True when a bounded source has nothing more to give.
+    pub end_of_input: bool,
+}
+
+/// A source of records.
+#[async_trait]
+pub trait Source: Send {
+    /// Fetches up to `max_records`, waiting at most `max_wait` for the first one. An
+    /// empty batch without `end_of_input` means nothing is available yet.
+    async fn next_batch(&mut self, max_records: usize, max_wait: Duration) -> Result<SourceBatch, ConnectorError>;
+
+    /// Resumes after the given positions (restored from a checkpoint). Called before the
+    /// first `next_batch`.
+    async fn seek(&mut self, positions: &SourcePositions) -> Result<(), ConnectorError>;
+
+    /// The positions are covered by a durable checkpoint: the source may acknowledge them
+    /// upstream (commit Kafka offsets, ...).
+    async fn commit(&mut self, _positions: &SourcePositions) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    /// True when the input is finite (a file without `follow`).
+    fn is_bounded(&self) -> bool;
+
+    /// Total records when known up front (for progress display).
+    fn size_hint(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// A destination for result documents.
+#[async_trait]
+pub trait Sink: Send {
+    /// Writes a batch. Returning `Ok` means the sink accepted it; it is acknowledged
+    /// (durable) after [`Sink::flush`].
+    async fn write(&mut self, batch: &[Document]) -> Result<(), ConnectorError>;
+
+    /// Makes everything written so far durable.
+    async fn flush(&mut self) -> Result<(), ConnectorError>;
+
+    /// True when the sink supports [`Sink::begin`] / [`Sink::commit`] / [`Sink::abort`].
+    fn is_transactional(&self) -> bool {
+        false
+    }
+
+    /// Starts a transaction.
+    async fn begin(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    /// Commits the current transaction together with the source positions it covers.
+    async fn commit(&mut self, _positions: &SourcePositions) -> Result<(), ConnectorError> {
+        self.flush().await
+    }
+
+    /// Aborts the current transaction.
+    async fn abort(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}
+
+/// What a provider may use while building a connector.
+#[derive(Debug, Clone)]
+pub struct ConnectorContext {
+    /// The pipeline the connector serves.
+    pub pipeline_id: String,
+}
+
+/// Builds sources and sinks of one connector type.
+pub trait ConnectorProvider: Send + Sync {
+    /// The `type` this provider answers to, e.g. `file`.
+    fn connector_type(&self) -> &str;
+
+    /// Builds a source; `Ok(None)` when this type cannot be a source.
+    fn create_source(&self, config: &ConnectorConfig, ctx: &ConnectorContext) -> Result<Option<Box<dyn Source>>, DefinitionError>;
+
+    /// Builds a sink; `Ok(None)` when this type cannot be a sink.
+    fn create_sink(&self, config: &ConnectorConfig, ctx: &ConnectorContext) -> Result<Option<Box<dyn Sink>>, DefinitionError>;
+}
+
+/// Connector providers by type name.
+#[derive(Clone, Default)]
+pub struct ConnectorRegistry {
+    providers: HashMap<String, Arc<dyn ConnectorProvider>>,
+}
+
+impl fmt::Debug for ConnectorRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectorRegistry").field("types", &self.types()).finish()
+    }
+}
+
+impl ConnectorRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a provider under its type (replacing one of the same type).
+    pub fn register(&mut self, provider: Arc<dyn ConnectorProvider>) -> &mut Self {
+        self.providers.insert(provider.connector_type().to_string(), provider);
+        self
+    }
+
+    /// Registered types, sorted.
+    pub fn types(&self) -> Vec<&str> {
+        let mut t: Vec<&str> = self.providers.keys().map(String::as_str).collect();
+        t.sort_unstable();
+        t
+    }
+
+    fn provider(&self, config: &ConnectorConfig) -> Result<&Arc<dyn ConnectorProvider>, DefinitionError> {
+        self.providers.get(&config.connector_type).ok_or_else(|| {
+            DefinitionError::new(
+                format!("{}.type", config.path),
+                format!(
+                    "unknown connector type '{}' (available: {}; others need their cargo feature)",
+                    config.connector_type,
+                    self.types().join(", ")
+                ),
+            )
+        })
+    }
+
+    /// Builds the source described by `config`.
+    pub fn create_source(&self, config: &ConnectorConfig, ctx: &ConnectorContext) -> Result<Box<dyn Source>, DefinitionError> {
+        self.provider(config)?.create_source(config, ctx)?.ok_or_else(|| {
+            DefinitionError::new(format!("{}.type", config.path), format!("connector '{}' cannot be used as a source", config.connector_type))
+        })
+    }
+
+    /// Builds the sink described by `config`.
+    pub fn create_sink(&self, config: &ConnectorConfig, ctx: &ConnectorContext) -> Result<Box<dyn Sink>, DefinitionError> {
+        self.provider(config)?.create_sink(config, ctx)?.ok_or_else(|| {
+            DefinitionError::new(format!("{}.type", config.path), format!("connector '{}' cannot be used as a sink", config.connector_type))
+        })
+    }
+}

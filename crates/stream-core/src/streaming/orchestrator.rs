@@ -1,0 +1,861 @@
+//! The streaming orchestrator: fetch → transform → deliver → checkpoint → observe.
+//!
+//! Each running pipeline is three concurrent parts joined by bounded queues, so a slow
+//! sink slows the source down instead of growing memory:
+//!
+//! ```text
+//! source task ──(sourceQueueCapacity batches)──► processing thread ──(queueCapacity)──► sink task
+//!      ▲                                        parse in parallel,                        │ write, flush,
+//!      └──────────── commit positions ◄───────── run the stages ◄─ checkpoint ◄─────────────┘ checkpoint
+//! ```
+//!
+//! The processing thread parses record payloads on a small worker pool
+//! (`workerThreadPoolSize`) keeping only the fields the pipeline reads, then pushes the
+//! documents through one [`PipelineRun`] in order, so per-partition order and stateful
+//! stages are preserved. After the sink acknowledges a batch (write + flush), the sink
+//! task stores the batch's source positions together with the operator state it was
+//! produced with, then lets the source commit those positions. A restart restores both
+//! and replays what followed: at-least-once delivery.
+
+use super::connector::{ConnectorContext, ConnectorError, ConnectorRegistry, ErrorKind, Payload, Record, Sink, Source, SourcePositions};
+use super::definition::{DefinitionError, OutputMode, StreamingPipelineDefinition, Trigger};
+use super::error_policy::{Decision, ErrorPolicy};
+use super::metrics::{MetricsRegistry, MetricsSnapshot, PipelineMetrics};
+use super::state::{Checkpoint, MemoryStateStoreProvider, StateError, StateStore, StateStoreProvider};
+use crate::error::StageError;
+use crate::pipeline::{Pipeline, PipelineRun};
+use crate::value::{parse_document, parse_document_fields, Document, Str, Value};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+/// Why a pipeline stopped with an error.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RunError {
+    /// The definition cannot run (bad connector options, unsupported stage placement).
+    #[error(transparent)]
+    Definition(#[from] DefinitionError),
+    /// The source failed permanently or kept failing.
+    #[error("source failed: {0}")]
+    Source(ConnectorError),
+    /// The sink failed and the error policy gave up.
+    #[error("sink failed: {0}")]
+    Sink(ConnectorError),
+    /// The dead-letter sink failed: the failed documents could not be kept.
+    #[error("dead-letter sink failed: {0}")]
+    DeadLetter(ConnectorError),
+    /// The state store failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A document failed and the error policy is `failFast`.
+    #[error("document failed (error policy failFast): {0}")]
+    Document(String),
+    /// The stored checkpoint does not fit the pipeline.
+    #[error("cannot restore the checkpoint: {0}")]
+    Restore(StageError),
+    /// A task of the pipeline ended abnormally.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Lifecycle of a running pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PipelineStatus {
+    /// Restoring the checkpoint and connecting.
+    Starting,
+    /// Processing.
+    Running,
+    /// `stop()` was called: draining in-flight batches.
+    Stopping,
+    /// A bounded input was fully processed.
+    Completed,
+    /// Stopped on request after a final checkpoint.
+    Stopped,
+    /// Stopped by an error.
+    Failed(String),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    /// The pipeline.
+    pub pipeline_id: String,
+    /// `Completed` or `Stopped`.
+    pub status: PipelineStatus,
+    /// Final counters.
+    pub metrics: MetricsSnapshot,
+    /// Wall-clock duration of the run.
+    pub duration: Duration,
+}
+
+/// Options of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Ignore (and delete) a stored checkpoint: start from the beginning.
+    pub reset: bool,
+}
+
+/// Runs streaming pipelines. Register connector and state-store providers, then
+/// [`StreamingPipelineOrchestrator::run`] each definition; several pipelines run side by
+/// side, each with its own handle.
+pub struct StreamingPipelineOrchestrator {
+    connectors: ConnectorRegistry,
+    state_stores: HashMap<String, Arc<dyn StateStoreProvider>>,
+    metrics: MetricsRegistry,
+}
+
+impl std::fmt::Debug for StreamingPipelineOrchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut stores: Vec<&String> = self.state_stores.keys().collect();
+        stores.sort();
+        f.debug_struct("StreamingPipelineOrchestrator")
+            .field("connectors", &self.connectors)
+            .field("state_stores", &stores)
+            .finish()
+    }
+}
+
+impl StreamingPipelineOrchestrator {
+    /// An orchestrator using these connectors and the in-memory state store.
+    pub fn new(connectors: ConnectorRegistry) -> Self {
+        let mut o = StreamingPipelineOrchestrator {
+            connectors,
+            state_stores: HashMap::new(),
+            metrics: MetricsRegistry::new(),
+        };
+        o.register_state_store(Arc::new(MemoryStateStoreProvider::default()));
+        o
+    }
+
+    /// Adds a state-store provider (file, Redis, SQL, ...).
+    pub fn register_state_store(&mut self, provider: Arc<dyn StateStoreProvider>) -> &mut Self {
+        self.state_stores.insert(provider.store_type().to_string(), provider);
+        self
+    }
+
+    /// Metrics of every pipeline started by this orchestrator.
+    pub fn metrics_registry(&self) -> &MetricsRegistry {
+        &self.metrics
+    }
+
+    /// Starts a pipeline on the current tokio runtime.
+    pub fn run(&self, def: StreamingPipelineDefinition) -> Result<StreamingPipelineHandle, DefinitionError> {
+        self.run_with(def, RunOptions::default())
+    }
+
+    /// Starts a pipeline with options.
+    pub fn run_with(&self, def: StreamingPipelineDefinition, options: RunOptions) -> Result<StreamingPipelineHandle, DefinitionError> {
+        let pipeline = def.compile_pipeline()?;
+        let ctx = ConnectorContext { pipeline_id: def.pipeline_id.clone() };
+        let source = self.connectors.create_source(&def.source, &ctx)?;
+        let sink = self.connectors.create_sink(&def.sink, &ctx)?;
+        let dead_letter = def.error_policy.dead_letter().map(|c| self.connectors.create_sink(c, &ctx)).transpose()?;
+        let store = self
+            .state_stores
+            .get(&def.state.connector_type)
+            .ok_or_else(|| {
+                let mut known: Vec<&str> = self.state_stores.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                DefinitionError::new(
+                    "state.type",
+                    format!("unknown state store '{}' (available: {})", def.state.connector_type, known.join(", ")),
+                )
+            })?
+            .create(&def.state)?;
+        let unbounded = !source.is_bounded() && def.runtime.trigger != Trigger::AvailableNow;
+        if unbounded {
+            if let Some(problem) = pipeline.start().unbounded_input_problem() {
+                return Err(DefinitionError::new("pipeline", problem));
+            }
+        }
+        let metrics = Arc::new(PipelineMetrics::new(&def.pipeline_id, &def.metric_tags));
+        self.metrics.register(&def.pipeline_id, metrics.clone());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (done_tx, done_rx) = watch::channel(None);
+        let status = Arc::new(Mutex::new(PipelineStatus::Starting));
+        let parts = Parts {
+            def,
+            pipeline,
+            source,
+            sink,
+            dead_letter,
+            store,
+            reset: options.reset,
+            metrics: metrics.clone(),
+            status: status.clone(),
+            stop: stop_rx,
+        };
+        let pipeline_id = parts.def.pipeline_id.clone();
+        let task_status = status.clone();
+        tokio::spawn(async move {
+            let id = parts.def.pipeline_id.clone();
+            let result = drive(parts).await;
+            let final_status = match &result {
+                Ok(summary) => summary.status.clone(),
+                Err(e) => {
+                    warn!(pipeline = %id, error = %e, "pipeline failed");
+                    PipelineStatus::Failed(e.to_string())
+                }
+            };
+            *task_status.lock().unwrap_or_else(|p| p.into_inner()) = final_status;
+            let _ = done_tx.send(Some(result));
+        });
+        Ok(StreamingPipelineHandle { pipeline_id, stop: stop_tx, status, metrics, done: done_rx })
+    }
+}
+
+/// Controls one running pipeline.
+#[derive(Debug)]
+pub struct StreamingPipelineHandle {
+    pipeline_id: String,
+    stop: watch::Sender<bool>,
+    status: Arc<Mutex<PipelineStatus>>,
+    metrics: Arc<PipelineMetrics>,
+    done: watch::Receiver<Option<Result<RunSummary, RunError>>>,
+}
+
+impl StreamingPipelineHandle {
+    /// The pipeline's id.
+    pub fn pipeline_id(&self) -> &str {
+        &self.pipeline_id
+    }
+
+    /// Graceful stop: stop fetching, drain in-flight batches, write a final checkpoint.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(*status, PipelineStatus::Starting | PipelineStatus::Running) {
+            *status = PipelineStatus::Stopping;
+        }
+    }
+
+    /// Waits until the pipeline ends (or `timeout` passes: `None`).
+    pub async fn await_termination(&self, timeout: Option<Duration>) -> Option<Result<RunSummary, RunError>> {
+        let mut rx = self.done.clone();
+        let wait = async {
+            loop {
+                if let Some(r) = rx.borrow_and_update().clone() {
+                    return Some(r);
+                }
+                if rx.changed().await.is_err() {
+                    return Some(Err(RunError::Internal("the pipeline task ended without a result".into())));
+                }
+            }
+        };
+        match timeout {
+            Some(t) => tokio::time::timeout(t, wait).await.ok().flatten(),
+            None => wait.await,
+        }
+    }
+
+    /// Current status.
+    pub fn status(&self) -> PipelineStatus {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Current counters.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+}
+
+struct Parts {
+    def: StreamingPipelineDefinition,
+    pipeline: Pipeline,
+    source: Box<dyn Source>,
+    sink: Box<dyn Sink>,
+    dead_letter: Option<Box<dyn Sink>>,
+    store: Arc<dyn StateStore>,
+    reset: bool,
+    metrics: Arc<PipelineMetrics>,
+    status: Arc<Mutex<PipelineStatus>>,
+    stop: watch::Receiver<bool>,
+}
+
+enum SourceMsg {
+    /// Records (possibly none: a heartbeat that lets processing-time triggers fire).
+    Batch(Vec<Record>),
+    /// A bounded input ended (or `availableNow` drained what was available).
+    End,
+    /// `stop()` was called.
+    Stop,
+}
+
+/// What the processing thread hands to the sink task.
+struct SinkMsg {
+    documents: Vec<Document>,
+    dead_letters: Vec<Document>,
+    /// Positions and operator state to checkpoint once this message is delivered.
+    checkpoint: Option<(SourcePositions, Vec<Value>)>,
+}
+
+async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
+    let started = Instant::now();
+    let id = p.def.pipeline_id.clone();
+    if p.reset {
+        info!(pipeline = %id, "ignoring the stored checkpoint (--reset)");
+        p.store.clear_checkpoint(&id).await?;
+    }
+    let mut run = p.pipeline.start();
+    let mut positions = SourcePositions::new();
+    let mut sequence = 0;
+    if let Some(cp) = p.store.load_checkpoint(&id).await? {
+        info!(pipeline = %id, sequence = cp.sequence, "resuming from checkpoint");
+        p.source.seek(&cp.positions).await.map_err(RunError::Source)?;
+        if !cp.operator_state.is_empty() {
+            run.restore_state(&cp.operator_state).map_err(RunError::Restore)?;
+        }
+        positions = cp.positions;
+        sequence = cp.sequence;
+    }
+    set_status(&p.status, PipelineStatus::Running);
+
+    let rt = &p.def.runtime;
+    let (src_tx, src_rx) = mpsc::channel(rt.source_queue_capacity);
+    let (sink_tx, sink_rx) = mpsc::channel(rt.queue_capacity);
+    let (commit_tx, commit_rx) = mpsc::unbounded_channel();
+    let bounded = p.source.is_bounded();
+    let fetch = FetchSettings {
+        batch_size: rt.micro_batch_size,
+        max_wait: rt.max_batch_delay,
+        available_now: rt.trigger == Trigger::AvailableNow,
+    };
+    let source_task = tokio::spawn(source_loop(p.source, src_tx, commit_rx, p.stop.clone(), fetch, p.metrics.clone(), ErrorPolicy::new(&p.def.error_policy)));
+
+    let processing = Processing {
+        pipeline_id: id.clone(),
+        input_fields: p.pipeline.input_fields().map(|f| f.to_vec()),
+        policy: ErrorPolicy::new(&p.def.error_policy),
+        trigger: rt.trigger,
+        complete: rt.output_mode == OutputMode::Complete,
+        bounded,
+        checkpoint_interval: rt.checkpoint_interval,
+        metrics: p.metrics.clone(),
+        workers: rayon::ThreadPoolBuilder::new()
+            .num_threads(rt.worker_thread_pool_size.max(1))
+            .thread_name(|i| format!("srotax-worker-{i}"))
+            .build()
+            .map_err(|e| RunError::Internal(format!("cannot start worker threads: {e}")))?,
+    };
+    let process_task = tokio::task::spawn_blocking(move || processing.run(run, positions, src_rx, sink_tx));
+
+    let delivery = Delivery {
+        pipeline_id: id.clone(),
+        sink: p.sink,
+        dead_letter: p.dead_letter,
+        store: p.store,
+        policy: ErrorPolicy::new(&p.def.error_policy),
+        metrics: p.metrics.clone(),
+        sequence,
+    };
+    let sink_result = delivery.run(sink_rx, commit_tx).await;
+    let process_result = process_task.await.map_err(|e| RunError::Internal(format!("processing thread: {e}")))?;
+    let source_result = source_task.await.map_err(|e| RunError::Internal(format!("source task: {e}")))?;
+    // The first failure in data-flow order is the cause; later ones are consequences.
+    source_result?;
+    let ended = process_result?;
+    sink_result?;
+    let status = match ended {
+        Ending::EndOfInput => PipelineStatus::Completed,
+        Ending::Stopped => PipelineStatus::Stopped,
+    };
+    Ok(RunSummary { pipeline_id: id, status, metrics: p.metrics.snapshot(), duration: started.elapsed() })
+}
+
+fn set_status(status: &Mutex<PipelineStatus>, s: PipelineStatus) {
+    let mut guard = status.lock().unwrap_or_else(|p| p.into_inner());
+    if *guard != PipelineStatus::Stopping {
+        *guard = s;
+    }
+}
+
+struct FetchSettings {
+    batch_size: usize,
+    max_wait: Duration,
+    available_now: bool,
+}
+
+async fn source_loop(
+    mut source: Box<dyn Source>,
+    tx: mpsc::Sender<SourceMsg>,
+    mut commits: mpsc::UnboundedReceiver<SourcePositions>,
+    stop: watch::Receiver<bool>,
+    fetch: FetchSettings,
+    metrics: Arc<PipelineMetrics>,
+    mut policy: ErrorPolicy,
+) -> Result<(), RunError> {
+    let mut attempt = 1;
+    loop {
+        while let Ok(p) = commits.try_recv() {
+            commit(&mut *source, &p).await;
+        }
+        if *stop.borrow() {
+            let _ = tx.send(SourceMsg::Stop).await;
+            break;
+        }
+        match source.next_batch(fetch.batch_size, fetch.max_wait).await {
+            Ok(batch) => {
+                attempt = 1;
+                let end = batch.end_of_input || (fetch.available_now && batch.records.is_empty());
+                if !batch.records.is_empty() || !end {
+                    let depth = tx.max_capacity() - tx.capacity();
+                    let waited = Instant::now();
+                    if tx.send(SourceMsg::Batch(batch.records)).await.is_err() {
+                        break; // processing stopped; its error explains why
+                    }
+                    metrics.record_backpressure("source", depth, waited.elapsed());
+                }
+                if end {
+                    let _ = tx.send(SourceMsg::End).await;
+                    break;
+                }
+            }
+            Err(e) => match policy.decide(e.kind, attempt) {
+                Decision::Retry(delay) => {
+                    warn!(error = %e, attempt, "source fetch failed; retrying");
+                    metrics.add_retries(1);
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                }
+                _ => return Err(RunError::Source(e)),
+            },
+        }
+    }
+    drop(tx);
+    // Keep committing until the sink task is done with its final checkpoint.
+    while let Some(p) = commits.recv().await {
+        commit(&mut *source, &p).await;
+    }
+    Ok(())
+}
+
+async fn commit(source: &mut dyn Source, positions: &SourcePositions) {
+    // The checkpoint already holds these positions; a failed commit only means the
+    // upstream system (e.g. a Kafka consumer group) sees progress later.
+    if let Err(e) = source.commit(positions).await {
+        warn!(error = %e, "committing source positions failed; they are safe in the checkpoint");
+    }
+}
+
+enum Ending {
+    EndOfInput,
+    Stopped,
+}
+
+struct Processing {
+    pipeline_id: String,
+    input_fields: Option<Vec<Str>>,
+    policy: ErrorPolicy,
+    trigger: Trigger,
+    complete: bool,
+    bounded: bool,
+    checkpoint_interval: Duration,
+    metrics: Arc<PipelineMetrics>,
+    workers: rayon::ThreadPool,
+}
+
+/// A record after parsing, with what is needed to report it if it fails.
+struct Parsed {
+    document: Result<Document, String>,
+    raw: Option<String>,
+    partition: Str,
+    position: Value,
+}
+
+impl Processing {
+    fn run(
+        mut self,
+        mut run: PipelineRun,
+        mut positions: SourcePositions,
+        mut rx: mpsc::Receiver<SourceMsg>,
+        tx: mpsc::Sender<SinkMsg>,
+    ) -> Result<Ending, RunError> {
+        let mut last_trigger = Instant::now();
+        let mut last_checkpoint = Instant::now();
+        let keep_original = self.policy.has_dead_letter() || self.policy.can_retry();
+        loop {
+            let Some(msg) = rx.blocking_recv() else {
+                // The source failed; its error is reported by the source task.
+                return Ok(Ending::Stopped);
+            };
+            let started = Instant::now();
+            let mut out = Vec::new();
+            let mut dead_letters = Vec::new();
+            let ending = match msg {
+                SourceMsg::Batch(records) => {
+                    let n = records.len();
+                    self.metrics.add_records_in(n as u64);
+                    for item in self.parse(records, keep_original) {
+                        self.process(&mut run, item, &mut positions, &mut out, &mut dead_letters)?;
+                    }
+                    let fire = match self.trigger {
+                        Trigger::Continuous => true,
+                        Trigger::ProcessingTime(interval) => last_trigger.elapsed() >= interval,
+                        Trigger::AvailableNow => false,
+                    };
+                    if fire {
+                        last_trigger = Instant::now();
+                        self.trigger(&mut run, &mut out, &mut dead_letters)?;
+                    }
+                    self.metrics.record_batch(n, started.elapsed());
+                    None
+                }
+                SourceMsg::End => {
+                    if self.bounded || run.unbounded_input_problem().is_some() {
+                        let mut errors = Vec::new();
+                        run.finish(&mut out, &mut errors);
+                        self.handle_stage_errors(errors, None, &mut dead_letters)?;
+                    } else {
+                        self.trigger(&mut run, &mut out, &mut dead_letters)?;
+                    }
+                    Some(Ending::EndOfInput)
+                }
+                SourceMsg::Stop => Some(Ending::Stopped),
+            };
+            self.metrics.set_stages(&run.stage_stats());
+            let checkpoint = match ending {
+                // A finished bounded run has no state left to resume with.
+                Some(Ending::EndOfInput) if self.bounded => Some((positions.clone(), Vec::new())),
+                Some(_) => self.snapshot(&run)?.map(|s| (positions.clone(), s)),
+                None if last_checkpoint.elapsed() >= self.checkpoint_interval => {
+                    self.snapshot(&run)?.map(|s| (positions.clone(), s))
+                }
+                None => None,
+            };
+            if checkpoint.is_some() {
+                last_checkpoint = Instant::now();
+            }
+            let msg = SinkMsg { documents: out, dead_letters, checkpoint };
+            if tx.blocking_send(msg).is_err() {
+                return Ok(Ending::Stopped); // the sink failed; its error is reported
+            }
+            if let Some(e) = ending {
+                return Ok(e);
+            }
+        }
+    }
+
+    fn snapshot(&self, run: &PipelineRun) -> Result<Option<Vec<Value>>, RunError> {
+        run.checkpoint_state().map_err(|e| RunError::Internal(format!("cannot snapshot operator state: {e}")))
+    }
+
+    /// Parses JSON payloads on the worker pool, keeping only the fields the pipeline reads.
+    fn parse(&self, records: Vec<Record>, keep_raw: bool) -> Vec<Parsed> {
+        let fields = self.input_fields.as_deref();
+        let parse_one = |r: Record| {
+            let (document, raw) = match r.payload {
+                Payload::Document(d) => (Ok(d), None),
+                Payload::Json(text) => {
+                    let doc = match fields {
+                        Some(f) => parse_document_fields(&text, f),
+                        None => parse_document(&text),
+                    };
+                    let failed = doc.is_err();
+                    (doc.map_err(|e| e.to_string()), (keep_raw || failed).then_some(text))
+                }
+            };
+            Parsed { document, raw, partition: r.partition, position: r.position }
+        };
+        if records.len() < 64 {
+            return records.into_iter().map(parse_one).collect();
+        }
+        self.workers.install(|| records.into_par_iter().with_min_len(64).map(parse_one).collect())
+    }
+
+    fn process(
+        &mut self,
+        run: &mut PipelineRun,
+        item: Parsed,
+        positions: &mut SourcePositions,
+        out: &mut Vec<Document>,
+        dead_letters: &mut Vec<Document>,
+    ) -> Result<(), RunError> {
+        positions.insert(item.partition.to_string(), item.position.clone());
+        let doc = match item.document {
+            Ok(d) => d,
+            Err(message) => {
+                let original = Value::string(item.raw.unwrap_or_default());
+                let failure = Failure { stage: "parse".into(), message, attempts: 1, original, partition: &item.partition, position: &item.position };
+                return self.apply_policy(&failure, ErrorKind::Permanent, dead_letters);
+            }
+        };
+        let original = self.policy.needs_original().then(|| doc.clone());
+        let mut attempt = 1;
+        let mut next = Some(doc);
+        let mut errors = Vec::new();
+        loop {
+            let Some(doc) = next.take() else { return Ok(()) };
+            let emitted = out.len();
+            errors.clear();
+            run.push(doc, out, &mut errors);
+            let Some(error) = errors.first() else {
+                self.policy.record_success();
+                return Ok(());
+            };
+            let kind = if error.error.transient { ErrorKind::Transient } else { ErrorKind::Permanent };
+            match self.policy.decide(kind, attempt) {
+                Decision::Retry(delay) => {
+                    // The whole document runs again: drop what it emitted this time.
+                    out.truncate(emitted);
+                    self.metrics.add_retries(1);
+                    attempt += 1;
+                    std::thread::sleep(delay);
+                    next = original.clone();
+                }
+                decision => {
+                    let original = original.clone().map(Value::Document).unwrap_or(Value::Null);
+                    let failure = Failure {
+                        stage: format!("pipeline[{}] {}", error.stage_index, error.stage),
+                        message: error.error.message.clone(),
+                        attempts: attempt,
+                        original,
+                        partition: &item.partition,
+                        position: &item.position,
+                    };
+                    return self.record_failure(decision, &failure, dead_letters);
+                }
+            }
+        }
+    }
+
+    fn trigger(&mut self, run: &mut PipelineRun, out: &mut Vec<Document>, dead_letters: &mut Vec<Document>) -> Result<(), RunError> {
+        let mut errors = Vec::new();
+        run.trigger(self.complete, out, &mut errors);
+        self.handle_stage_errors(errors, None, dead_letters)
+    }
+
+    /// Errors from rows emitted at a trigger or at the end of input: no single input
+    /// document is to blame, so they are not retried.
+    fn handle_stage_errors(&mut self, errors: Vec<StageError>, original: Option<Document>, dead_letters: &mut Vec<Document>) -> Result<(), RunError> {
+        let none = Str::default();
+        for e in errors {
+            let failure = Failure {
+                stage: format!("pipeline[{}] {}", e.stage_index, e.stage),
+                message: e.error.message,
+                attempts: 1,
+                original: original.clone().map(Value::Document).unwrap_or(Value::Null),
+                partition: &none,
+                position: &Value::Null,
+            };
+            self.apply_policy(&failure, ErrorKind::Permanent, dead_letters)?;
+        }
+        Ok(())
+    }
+
+    fn apply_policy(&mut self, failure: &Failure<'_>, kind: ErrorKind, dead_letters: &mut Vec<Document>) -> Result<(), RunError> {
+        // Retrying cannot help an error that does not depend on time.
+        let decision = match self.policy.decide(kind, failure.attempts) {
+            Decision::Retry(_) => self.policy.decide(ErrorKind::Permanent, failure.attempts),
+            d => d,
+        };
+        self.record_failure(decision, failure, dead_letters)
+    }
+
+    fn record_failure(&mut self, decision: Decision, failure: &Failure<'_>, dead_letters: &mut Vec<Document>) -> Result<(), RunError> {
+        self.metrics.add_failed(1);
+        match decision {
+            Decision::Skip | Decision::Retry(_) => {
+                debug!(pipeline = %self.pipeline_id, stage = %failure.stage, error = %failure.message, "document skipped");
+                self.metrics.add_skipped(1);
+                Ok(())
+            }
+            Decision::DeadLetter => {
+                dead_letters.push(failure.dead_letter_record(&self.pipeline_id));
+                Ok(())
+            }
+            Decision::Fail => Err(RunError::Document(format!(
+                "{}: {} (source partition '{}', position {})",
+                failure.stage,
+                failure.message,
+                failure.partition,
+                failure.position.to_json()
+            ))),
+        }
+    }
+}
+
+/// A document that failed, as the dead-letter record describes it.
+struct Failure<'a> {
+    stage: String,
+    message: String,
+    attempts: u32,
+    original: Value,
+    partition: &'a Str,
+    position: &'a Value,
+}
+
+impl Failure<'_> {
+    fn dead_letter_record(&self, pipeline_id: &str) -> Document {
+        let mut d = Document::new();
+        d.insert("pipelineId", Value::string(pipeline_id));
+        d.insert("stage", Value::string(self.stage.as_str()));
+        d.insert("error", Value::string(self.message.as_str()));
+        d.insert("attempts", Value::Int64(i64::from(self.attempts)));
+        d.insert("failedAt", Value::Date(chrono::Utc::now().timestamp_millis()));
+        let mut source = Document::new();
+        source.insert("partition", Value::string(self.partition.as_str()));
+        source.insert("position", self.position.clone());
+        d.insert("source", Value::Document(source));
+        d.insert("document", self.original.clone());
+        d
+    }
+}
+
+struct Delivery {
+    pipeline_id: String,
+    sink: Box<dyn Sink>,
+    dead_letter: Option<Box<dyn Sink>>,
+    store: Arc<dyn StateStore>,
+    policy: ErrorPolicy,
+    metrics: Arc<PipelineMetrics>,
+    sequence: u64,
+}
+
+impl Delivery {
+    async fn run(mut self, mut rx: mpsc::Receiver<SinkMsg>, commits: mpsc::UnboundedSender<SourcePositions>) -> Result<(), RunError> {
+        while let Some(msg) = rx.recv().await {
+            let SinkMsg { documents, mut dead_letters, checkpoint } = msg;
+            if !documents.is_empty() {
+                self.deliver(&documents, &mut dead_letters).await?;
+            }
+            self.flush().await?;
+            self.metrics.add_documents_out(documents.len() as u64);
+            if !dead_letters.is_empty() {
+                self.write_dead_letters(&dead_letters).await?;
+            }
+            if let Some((positions, state)) = checkpoint {
+                self.sequence += 1;
+                let cp = Checkpoint {
+                    pipeline_id: self.pipeline_id.clone(),
+                    sequence: self.sequence,
+                    positions,
+                    operator_state: state,
+                    created_at: chrono::Utc::now().timestamp_millis(),
+                };
+                self.save_checkpoint(&cp).await?;
+                self.metrics.add_checkpoint();
+                let _ = commits.send(cp.positions);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a batch under the error policy. A batch the sink rejects permanently is
+    /// split so that only the offending documents go through the policy.
+    async fn deliver(&mut self, documents: &[Document], dead_letters: &mut Vec<Document>) -> Result<(), RunError> {
+        let mut attempt = 1;
+        loop {
+            let wait = self.policy.wait_before_call();
+            if !wait.is_zero() {
+                warn!(pipeline = %self.pipeline_id, wait_ms = wait.as_millis() as u64, "circuit breaker open; pausing sink writes");
+                tokio::time::sleep(wait).await;
+            }
+            let error = match self.sink.write(documents).await {
+                Ok(()) => {
+                    self.policy.record_success();
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            match self.policy.decide(error.kind, attempt) {
+                Decision::Retry(delay) => {
+                    warn!(pipeline = %self.pipeline_id, error = %error, attempt, "sink write failed; retrying");
+                    self.metrics.add_retries(1);
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                }
+                Decision::Fail => return Err(RunError::Sink(error)),
+                _ if documents.len() > 1 && error.kind == ErrorKind::Permanent => {
+                    for doc in documents {
+                        Box::pin(self.deliver(std::slice::from_ref(doc), dead_letters)).await?;
+                    }
+                    return Ok(());
+                }
+                decision => {
+                    self.metrics.add_failed(documents.len() as u64);
+                    if decision == Decision::DeadLetter {
+                        for doc in documents {
+                            let failure = Failure {
+                                stage: "sink".into(),
+                                message: error.to_string(),
+                                attempts: attempt,
+                                original: Value::Document(doc.clone()),
+                                partition: &Str::default(),
+                                position: &Value::Null,
+                            };
+                            dead_letters.push(failure.dead_letter_record(&self.pipeline_id));
+                        }
+                    } else {
+                        self.metrics.add_skipped(documents.len() as u64);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), RunError> {
+        let mut attempt = 1;
+        loop {
+            match self.sink.flush().await {
+                Ok(()) => return Ok(()),
+                Err(e) => match self.policy.decide(e.kind, attempt) {
+                    Decision::Retry(delay) => {
+                        self.metrics.add_retries(1);
+                        attempt += 1;
+                        tokio::time::sleep(delay).await;
+                    }
+                    // Unflushed outputs cannot be skipped: the checkpoint would claim them.
+                    _ => return Err(RunError::Sink(e)),
+                },
+            }
+        }
+    }
+
+    /// Dead letters must not be lost: transient failures are retried with backoff until
+    /// they succeed or the error turns permanent.
+    async fn write_dead_letters(&mut self, records: &[Document]) -> Result<(), RunError> {
+        let Some(dlq) = self.dead_letter.as_mut() else {
+            return Err(RunError::Internal("dead-letter records without a dead-letter sink".into()));
+        };
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=10 {
+            let result = match dlq.write(records).await {
+                Ok(()) => dlq.flush().await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    self.metrics.add_dead_lettered(records.len() as u64);
+                    return Ok(());
+                }
+                Err(e) if e.kind == ErrorKind::Transient && attempt < 10 => {
+                    warn!(error = %e, attempt, "dead-letter write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(RunError::DeadLetter(e)),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    async fn save_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), RunError> {
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=10 {
+            match self.store.save_checkpoint(cp).await {
+                Ok(()) => return Ok(()),
+                Err(StateError::Unavailable(m)) if attempt < 10 => {
+                    warn!(error = %m, attempt, "saving the checkpoint failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+}

@@ -1,0 +1,90 @@
+//! `cargo xtask ci`: every check a change must pass, in order, stopping at the first
+//! failure. Needs only the Rust toolchain (with rustfmt and clippy) and crates.io.
+
+use crate::{cargo, fuzz, run_cmd};
+use anyhow::{Context, Result};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Step {
+    name: &'static str,
+    command: fn() -> Result<Command>,
+}
+
+fn steps() -> Vec<Step> {
+    vec![
+        Step {
+            name: "cargo fmt --all -- --check",
+            command: || {
+                let mut c = cargo();
+                c.args(["fmt", "--all", "--", "--check"]);
+                Ok(c)
+            },
+        },
+        Step {
+            name: "cargo clippy --workspace --all-targets -- -D warnings",
+            command: || {
+                let mut c = cargo();
+                c.args([
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]);
+                Ok(c)
+            },
+        },
+        Step {
+            name: "cargo test --workspace (unit, integration and doc tests)",
+            command: || {
+                let mut c = cargo();
+                c.args(["test", "--workspace"]);
+                Ok(c)
+            },
+        },
+        Step {
+            name: "build fuzz target pipeline_parser",
+            command: || fuzz::build_command(false),
+        },
+    ]
+}
+
+/// Runs every step; prints each step and its duration.
+pub fn run() -> Result<()> {
+    let steps = steps();
+    let total = steps.len();
+    let started = Instant::now();
+    let mut done: Vec<(&str, Duration)> = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        eprintln!("\n==> [{}/{total}] {}", i + 1, step.name);
+        let t = Instant::now();
+        let result = (step.command)().and_then(|mut cmd| run_cmd(&mut cmd, step.name));
+        let elapsed = t.elapsed();
+        if let Err(e) = result {
+            eprintln!(
+                "\n==> FAILED at step {}/{total} ({}) after {}",
+                i + 1,
+                step.name,
+                secs(elapsed)
+            );
+            return Err(e).context(format!(
+                "ci failed at step {}/{total}: {}",
+                i + 1,
+                step.name
+            ));
+        }
+        eprintln!("==> ok: {} ({})", step.name, secs(elapsed));
+        done.push((step.name, elapsed));
+    }
+    eprintln!("\n==> ci passed in {}", secs(started.elapsed()));
+    for (name, elapsed) in done {
+        eprintln!("    {:>8}  {name}", secs(elapsed));
+    }
+    Ok(())
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
