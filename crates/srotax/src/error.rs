@@ -88,7 +88,9 @@ impl CliError {
 fn documents_failed(failed: u64, total: u64, at_end: u64) -> String {
     let mut msg = format!("{failed} of {total} input document(s) failed");
     if at_end > 0 {
-        msg.push_str(&format!(", {at_end} document(s) failed at the end of the input"));
+        msg.push_str(&format!(
+            ", {at_end} document(s) failed at the end of the input"
+        ));
     }
     msg.push_str(" (see the errors above); the others were processed");
     msg

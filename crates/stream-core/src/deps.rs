@@ -68,21 +68,34 @@ fn add(fields: &mut Vec<Str>, path: &str) {
     }
 }
 
-/// `{a: 1, b: {c: 1}}` with no exclusions (other than `_id: 0`) and no computed fields
-/// that would keep the rest of the document.
+/// `{a: 1, b: {c: 1}}` with no exclusions (other than `_id: 0`) at any depth: such a
+/// projection builds its output from the named fields only.
 fn is_inclusion_projection(spec: &Value) -> bool {
-    let Some(d) = spec.as_document() else {
-        return false;
-    };
-    let mut includes = false;
-    for (k, v) in d.iter() {
-        let excluded = matches!(v, Value::Bool(false)) || v.as_f64() == Some(0.0);
-        if excluded && k != "_id" {
-            return false;
+    fn walk(d: &crate::value::Document, top: bool, includes: &mut bool) -> bool {
+        for (k, v) in d.iter() {
+            match v {
+                Value::Document(nested) if nested.keys().next().is_some_and(|k| !k.starts_with('$')) => {
+                    if !walk(nested, false, includes) {
+                        return false;
+                    }
+                }
+                Value::Bool(false) => {
+                    if !(top && k == "_id") {
+                        return false;
+                    }
+                }
+                v if v.as_f64() == Some(0.0) => {
+                    if !(top && k == "_id") {
+                        return false;
+                    }
+                }
+                _ => *includes = true,
+            }
         }
-        includes |= !excluded;
+        true
     }
-    includes
+    let mut includes = false;
+    spec.as_document().is_some_and(|d| walk(d, true, &mut includes)) && includes
 }
 
 /// Adds the first segment of every `"$field.path"` string; fails (→ all fields) on
@@ -180,6 +193,7 @@ mod tests {
         assert_eq!(fields(r#"[{"$group": {"_id": null, "all": {"$push": "$$ROOT"}}}]"#), None);
         assert_eq!(fields(r#"[{"$redact": "$$KEEP"}, {"$count": "n"}]"#), None);
         assert_eq!(fields(r#"[{"$project": {"x": {"$getField": "a.b"}}}]"#), None);
+        assert_eq!(fields(r#"[{"$project": {"a": {"b": 0}}}]"#), None);
         assert_eq!(fields(r#"[{"$project": {"r": {"$getField": "a.b"}}}]"#), None);
     }
 }

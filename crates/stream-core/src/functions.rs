@@ -10,7 +10,7 @@
 //! use stream_core::Pipeline;
 //!
 //! let mut registry = FunctionRegistry::new();
-//! registry.register("double", |args: &[Value]| {
+//! registry.register("double", |args: &[Value]| -> Result<Value, String> {
 //!     let n = args.first().and_then(Value::as_f64).ok_or("expected a number")?;
 //!     Ok(Value::Double(n * 2.0))
 //! });

@@ -97,13 +97,11 @@ fn run_case(case: &Document) -> Result<(), String> {
     let result = pipeline.run(input);
     let errors: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
     match case.get("runtimeError").and_then(Value::as_str) {
-        Some(want) => {
-            if !errors.iter().any(|e| e.contains(want)) {
-                return Err(format!("expected a runtime error containing {want:?}, got {errors:?}"));
-            }
+        Some(want) if !errors.iter().any(|e| e.contains(want)) => {
+            return Err(format!("expected a runtime error containing {want:?}, got {errors:?}"));
         }
         None if !errors.is_empty() => return Err(format!("unexpected runtime errors: {errors:?}")),
-        None => {}
+        _ => {}
     }
     if !same_docs(&result.documents, &expected, unordered) {
         return Err(format!(

@@ -20,7 +20,7 @@ fn scalar() -> impl Strategy<Value = Value> {
         any::<f64>().prop_map(Value::Double),
         (-1000i32..1000).prop_map(|n| Value::Double(n as f64 / 4.0)),
         (-1000i64..1000).prop_map(|n| Value::Decimal(format!("{}.{}", n / 10, (n % 10).abs()).parse().unwrap_or_default())),
-        "[a-c]{0,3}".prop_map(|s| Value::string(s)),
+        "[a-c]{0,3}".prop_map(Value::string),
         (-10_000_000_000_000i64..10_000_000_000_000).prop_map(Value::Date),
         any::<[u8; 12]>().prop_map(|b| Value::ObjectId(ObjectId(b))),
     ]

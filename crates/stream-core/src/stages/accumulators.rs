@@ -191,6 +191,9 @@ pub fn compile_accumulator(
 // Generic machinery: an input expression plus a fold over evaluated inputs.
 // ---------------------------------------------------------------------------------
 
+/// One `sortBy` field: its path and whether it sorts descending.
+type SortField = (Arc<[Str]>, bool);
+
 /// How an accumulator reads its input from a document.
 #[derive(Debug)]
 enum Input {
@@ -199,10 +202,7 @@ enum Input {
     /// `$mergeObjects`: null/missing are skipped, anything else must be a document.
     Objects(Expr),
     /// `$top`-style: `[output, sortKey...]` (missing output becomes null).
-    Sorted {
-        output: Expr,
-        sort: Vec<(Arc<[Str]>, bool)>,
-    },
+    Sorted { output: Expr, sort: Vec<SortField> },
 }
 
 impl Input {
@@ -508,7 +508,7 @@ impl Fold for SumFold {
             }
             Value::Decimal(d) => {
                 self.ty = NumType::Decimal;
-                self.decimal = self.decimal + d;
+                self.decimal += d;
             }
             _ => return,
         }
@@ -1143,11 +1143,7 @@ impl Fold for TopBottomFold {
 }
 
 /// Parses a `sortBy` object: `{field: 1 | -1, ...}`.
-fn compile_sort_by(
-    name: &str,
-    v: &Value,
-    path: &str,
-) -> Result<Vec<(Arc<[Str]>, bool)>, CompileError> {
+fn compile_sort_by(name: &str, v: &Value, path: &str) -> Result<Vec<SortField>, CompileError> {
     let Value::Document(d) = v else {
         return Err(CompileError::new(
             path,
@@ -1167,9 +1163,10 @@ fn compile_sort_by(
     for (k, dir) in d.iter() {
         let p = path_key(path, k);
         let segs = parse_field_path(k, &p)?;
-        let desc = match dir.as_f64() {
-            Some(x) if x == 1.0 => false,
-            Some(x) if x == -1.0 => true,
+        let order = dir.as_f64();
+        let desc = match order {
+            _ if order == Some(1.0) => false,
+            _ if order == Some(-1.0) => true,
             _ if matches!(dir, Value::Document(m) if m.contains_key("$meta")) => {
                 return Err(CompileError::new(
                     p,

@@ -463,7 +463,7 @@ impl Granularity {
                         return same_kind(v, previous_min);
                     }
                 }
-                let i = series.partition_point(|s| !(x < s * mult));
+                let i = series.partition_point(|s| x >= s * mult);
                 same_kind(v, series[i.min(series.len() - 1)] * mult)
             }
         }

@@ -10,8 +10,9 @@
 //! A document that fails (its `_id` or an accumulator argument raises an error) changes
 //! no group: every accumulator input is evaluated before any group is updated.
 //!
-//! Streaming update mode: [`GroupStage::emit_changed`] emits the current result of every
-//! group changed since its previous call, without ending the input.
+//! Streaming update mode: [`Stage::on_trigger`] emits the current result of every group
+//! changed since the previous trigger ([`GroupStage::emit_changed`]), or of every group
+//! when `complete` ([`GroupStage::emit_all`]), without ending the input.
 
 use super::accumulators::{compile_accumulator, Accumulator, AccumulatorSpec};
 use super::{Stage, StageCompileFn};
@@ -184,6 +185,16 @@ impl GroupStage {
         }
     }
 
+    /// Appends the current result of every group (first-seen order) and leaves the
+    /// groups open.
+    pub fn emit_all(&mut self, out: &mut Vec<Document>) {
+        self.changed.clear();
+        for row in &mut self.groups {
+            row.changed = false;
+            out.push(self.config.fields.output(row.key.clone(), &row.accs));
+        }
+    }
+
     /// Number of groups seen so far.
     pub fn group_count(&self) -> usize {
         self.groups.len()
@@ -252,6 +263,24 @@ impl Stage for GroupStage {
 
     fn is_blocking(&self) -> bool {
         true
+    }
+
+    fn supports_trigger(&self) -> bool {
+        true
+    }
+
+    fn on_trigger(
+        &mut self,
+        complete: bool,
+        _env: &Env,
+        out: &mut Vec<Document>,
+    ) -> Result<(), EvalError> {
+        if complete {
+            self.emit_all(out);
+        } else {
+            self.emit_changed(out);
+        }
+        Ok(())
     }
 }
 
@@ -373,4 +402,47 @@ fn compile_sort_by_count(
     Ok(Box::new(SortByCount {
         group: GroupStage::new(Arc::new(GroupConfig { id, fields })),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::parse_value;
+
+    #[test]
+    fn emit_changed_reports_only_touched_groups() {
+        let spec = parse_value(r#"{"_id": "$k", "n": {"$sum": 1}}"#).unwrap();
+        let mut cx = CompileCtx::default();
+        let d = spec.as_document().unwrap();
+        let id = compile_id(d.get("_id").unwrap(), "_id", &mut cx).unwrap();
+        let mut fields = OutputFields::default();
+        fields
+            .add("$group", &Str::from("n"), d.get("n").unwrap(), "n", &mut cx)
+            .unwrap();
+        let mut stage = GroupStage::new(Arc::new(GroupConfig { id, fields }));
+        let env = Env { now: 0 };
+        let mut out = Vec::new();
+        for k in ["a", "b", "a"] {
+            stage
+                .process(crate::doc! {"k" => k}, &env, &mut out)
+                .unwrap();
+        }
+        assert!(out.is_empty());
+        stage.emit_changed(&mut out);
+        let shown: Vec<String> = out.iter().map(|d| d.to_json()).collect();
+        assert_eq!(shown, [r#"{"_id":"a","n":2}"#, r#"{"_id":"b","n":1}"#]);
+        out.clear();
+        stage
+            .process(crate::doc! {"k" => "b"}, &env, &mut out)
+            .unwrap();
+        stage.on_trigger(false, &env, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].to_json(), r#"{"_id":"b","n":2}"#);
+        out.clear();
+        stage.on_trigger(true, &env, &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+        out.clear();
+        stage.finish(&env, &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+    }
 }

@@ -16,8 +16,6 @@ mod window_fields;
 
 pub mod accumulators;
 
-pub use group::GroupStage;
-
 use crate::error::{path_index, path_key, CompileError, EvalError};
 use crate::expr::{CompileCtx, Env};
 use crate::value::{Document, Value};

@@ -102,6 +102,12 @@ fn compile_set_window_fields(
     let mut outputs = Vec::with_capacity(od.len());
     for (name, spec) in od.iter() {
         let p = path_key(&opath, name);
+        if name.is_empty() || name.starts_with('$') {
+            return Err(err(
+                &p,
+                format!("output field name '{name}' must be a non-empty field path not starting with '$'"),
+            ));
+        }
         let field = parse_field_path(name, &p)?;
         outputs.push(compile_output(field, spec, &p, &sort, cx)?);
     }

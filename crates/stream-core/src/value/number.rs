@@ -18,6 +18,9 @@ pub enum Number {
     Decimal(Decimal128),
 }
 
+// `add`/`sub`/`mul`/`div` are named after the operators they implement but follow
+// MongoDB's promotion rules (and `div` can fail), so they are not `std::ops` impls.
+#[allow(clippy::should_implement_trait)]
 impl Number {
     /// The number inside a value, if it is numeric.
     #[inline]
@@ -68,16 +71,14 @@ impl Number {
             Number::Int32(n) => Some(n as i64),
             Number::Int64(n) => Some(n),
             Number::Double(n) => {
-                if n.fract() == 0.0 && n >= -9.223_372_036_854_776e18 && n < 9.223_372_036_854_776e18
-                {
+                // Every f64 in [-2^63, 2^63) with no fraction is exactly an i64.
+                if n.fract() == 0.0 && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&n) {
                     Some(n as i64)
                 } else {
                     None
                 }
             }
-            Number::Decimal(d) if d.is_finite() && d.is_integer() => {
-                dec_integer_string(d)?.parse().ok()
-            }
+            Number::Decimal(d) if d.is_finite() => dec_integer_string(d)?.parse().ok(),
             Number::Decimal(_) => None,
         }
     }
@@ -277,13 +278,38 @@ pub(crate) fn f64_to_decimal(n: f64) -> Decimal128 {
     format!("{:.14e}", n).parse().unwrap_or_default()
 }
 
-/// The integer digits of an integral finite decimal, without exponent notation.
+/// The integer digits of an integral finite decimal (`2E+1` → `20`, `5.00` → `5`);
+/// `None` when it has a non-zero fraction or is too large to write out.
 fn dec_integer_string(d: Decimal128) -> Option<String> {
+    if d.exponent() > 20 {
+        return None; // beyond any i64
+    }
     let s = d.to_standard_notation_string();
+    if s.contains(['E', 'e']) {
+        return None;
+    }
     let s = match s.split_once('.') {
         Some((int, frac)) if frac.chars().all(|c| c == '0') => int.to_string(),
         Some(_) => return None,
         None => s,
     };
     Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integral_decimals_convert_exactly() {
+        let d = |s: &str| Number::Decimal(s.parse().unwrap());
+        assert_eq!(d("2E+1").to_i64_exact(), Some(20));
+        assert_eq!(d("5.00").to_i64_exact(), Some(5));
+        assert_eq!(d("-7").to_i64_exact(), Some(-7));
+        assert_eq!(d("5.5").to_i64_exact(), None);
+        assert_eq!(d("1E+30").to_i64_exact(), None);
+        assert_eq!(d("NaN").to_i64_exact(), None);
+        assert_eq!(Number::Double(3.0).to_i64_exact(), Some(3));
+        assert_eq!(Number::Double(9.3e18).to_i64_exact(), None);
+    }
 }

@@ -1,0 +1,80 @@
+//! # stream-connect
+//!
+//! The built-in connectors of SrotaX: providers of [`Source`]s and [`Sink`]s that the
+//! streaming orchestrator finds by the `type` of a definition's `source` / `sink`.
+//!
+//! | type | source | sink | cargo feature |
+//! | --- | --- | --- | --- |
+//! | `file` | JSON Lines files (one path or a glob), bounded or `follow` | JSON Lines, appended, fsync on flush | `file` |
+//! | `stdio` | stdin, JSON Lines, ends at EOF | stdout, JSON Lines | `stdio` |
+//! | `memory` | a named in-process channel ([`MemoryHub`]) | the same channels | `memory` |
+//! | `generator` | deterministic synthetic orders or Nexmark events | — | `generator` |
+//!
+//! Every connector sits behind its cargo feature (all on by default): a build without a
+//! feature does not compile that connector, and a definition naming it fails with
+//! `unknown connector type`. [`register_builtin`] adds every enabled provider to a
+//! [`ConnectorRegistry`]; [`builtin_registry`] returns a registry holding just them.
+//!
+//! ```
+//! use stream_connect::builtin_registry;
+//!
+//! let registry = builtin_registry();
+//! assert!(registry.types().contains(&"file"));
+//! ```
+//!
+//! Options are camelCase JSON under `options`; an invalid or unknown option fails the
+//! definition with a [`stream_core::streaming::DefinitionError`] naming its JSON path,
+//! e.g. `source.options.pollInterval`. The user guide of each connector is in
+//! `docs/connectors/`.
+//!
+//! [`Source`]: stream_core::streaming::Source
+//! [`Sink`]: stream_core::streaming::Sink
+
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+use stream_core::streaming::ConnectorRegistry;
+
+#[cfg(any(feature = "file", feature = "stdio"))]
+mod lines;
+mod options;
+
+#[cfg(feature = "file")]
+pub mod file;
+#[cfg(feature = "generator")]
+pub mod generator;
+#[cfg(feature = "memory")]
+pub mod memory;
+#[cfg(feature = "stdio")]
+pub mod stdio;
+
+#[cfg(feature = "file")]
+pub use file::FileConnectorProvider;
+#[cfg(feature = "generator")]
+pub use generator::{order, write_orders_jsonl, GeneratorConnectorProvider};
+#[cfg(feature = "memory")]
+pub use memory::{MemoryConnectorProvider, MemoryError, MemoryHub};
+#[cfg(feature = "stdio")]
+pub use stdio::StdioConnectorProvider;
+
+/// Registers every connector provider whose cargo feature is enabled (`file`,
+/// `stdio`, `memory` with [`MemoryHub::global`], `generator`).
+pub fn register_builtin(registry: &mut ConnectorRegistry) {
+    #[cfg(feature = "file")]
+    registry.register(Arc::new(FileConnectorProvider));
+    #[cfg(feature = "stdio")]
+    registry.register(Arc::new(StdioConnectorProvider));
+    #[cfg(feature = "memory")]
+    registry.register(Arc::new(MemoryConnectorProvider::default()));
+    #[cfg(feature = "generator")]
+    registry.register(Arc::new(GeneratorConnectorProvider));
+    // Keeps `Arc` used when every feature is off.
+    let _ = Arc::<()>::default;
+}
+
+/// A registry holding the enabled built-in connectors.
+pub fn builtin_registry() -> ConnectorRegistry {
+    let mut registry = ConnectorRegistry::new();
+    register_builtin(&mut registry);
+    registry
+}
