@@ -45,7 +45,7 @@ fn steps() -> Vec<Step> {
             },
         },
         Step {
-            name: "build fuzz target pipeline_parser",
+            name: "build the fuzz targets (fuzz/)",
             command: || fuzz::build_command(false),
         },
     ]
@@ -69,11 +69,7 @@ pub fn run() -> Result<()> {
                 step.name,
                 secs(elapsed)
             );
-            return Err(e).context(format!(
-                "ci failed at step {}/{total}: {}",
-                i + 1,
-                step.name
-            ));
+            return Err(e).context(format!("ci failed at step {}/{total}", i + 1));
         }
         eprintln!("==> ok: {} ({})", step.name, secs(elapsed));
         done.push((step.name, elapsed));

@@ -1,8 +1,10 @@
-//! `cargo xtask fuzz build|run`: the `pipeline_parser` fuzz target in `fuzz/` on a stable
-//! toolchain.
+//! `cargo xtask fuzz build|run`: the fuzz targets in `fuzz/` on a stable toolchain.
 //!
-//! `fuzz/` has the cargo-fuzz layout, so with cargo-fuzz installed
-//! `RUSTC_BOOTSTRAP=1 cargo fuzz run pipeline_parser` also works. This task does not need
+//! - `pipeline_parser`: arbitrary bytes parsed as JSON and compiled as a pipeline.
+//! - `pipeline_eval`: a pipeline (first line) compiled and run over awkward documents.
+//!
+//! `fuzz/` has the cargo-fuzz layout, so with cargo-fuzz and a nightly toolchain
+//! `cargo +nightly fuzz run pipeline_parser` works as usual. This task does not need
 //! cargo-fuzz or nightly: it passes the same coverage-instrumentation flags cargo-fuzz
 //! uses (`-Cpasses=sancov-module` and the `-sanitizer-coverage-*` LLVM options, all
 //! accepted by stable rustc) and builds with plain cargo; libfuzzer-sys compiles libFuzzer
@@ -14,7 +16,8 @@ use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::process::Command;
 
-const TARGET: &str = "pipeline_parser";
+/// The fuzz targets (`fuzz/fuzz_targets/<name>.rs`); the first is the default.
+const TARGETS: &[&str] = &["pipeline_parser", "pipeline_eval"];
 
 const RUSTFLAGS: &[&str] = &[
     "-Cpasses=sancov-module",
@@ -29,6 +32,7 @@ const RUSTFLAGS: &[&str] = &[
 
 /// `cargo xtask fuzz ...`
 pub fn command(args: &[String]) -> Result<()> {
+    const USAGE: &str = "usage: cargo xtask fuzz build [--release] | run [TARGET] [--seconds N]";
     match args.first().map(String::as_str) {
         Some("build") => {
             let release = match &args[1..] {
@@ -36,19 +40,31 @@ pub fn command(args: &[String]) -> Result<()> {
                 [flag] if flag == "--release" => true,
                 other => bail!("`fuzz build` takes only --release, got {other:?}"),
             };
-            run_cmd(&mut build_command(release)?, "cargo build (fuzz target)")
+            run_cmd(&mut build_command(release)?, "cargo build (fuzz targets)")
         }
         Some("run") => {
-            let seconds = match &args[1..] {
-                [] => 30,
-                [flag, n] if flag == "--seconds" => n
-                    .parse()
-                    .with_context(|| format!("--seconds: '{n}' is not a number"))?,
-                other => bail!("`fuzz run` takes only --seconds N, got {other:?}"),
-            };
-            run(seconds)
+            let mut target = TARGETS[0];
+            let mut seconds = 30;
+            let mut rest = args[1..].iter();
+            while let Some(arg) = rest.next() {
+                match arg.as_str() {
+                    "--seconds" => {
+                        let n = rest.next().context("--seconds needs a number")?;
+                        seconds = n
+                            .parse()
+                            .with_context(|| format!("--seconds: '{n}' is not a number"))?;
+                    }
+                    other => match TARGETS.iter().find(|t| **t == other) {
+                        Some(t) => target = t,
+                        None => bail!(
+                            "unknown fuzz target or option '{other}' (targets: {TARGETS:?}); {USAGE}"
+                        ),
+                    },
+                }
+            }
+            run(target, seconds)
         }
-        _ => bail!("usage: cargo xtask fuzz build [--release] | run [--seconds N]"),
+        _ => bail!(USAGE),
     }
 }
 
@@ -69,12 +85,12 @@ fn fuzz_dir() -> PathBuf {
     repo_root().join("fuzz")
 }
 
-/// The cargo command that builds the fuzz target with coverage instrumentation.
+/// The cargo command that builds every fuzz target with coverage instrumentation.
 pub fn build_command(release: bool) -> Result<Command> {
     let triple = host_triple()?;
     let mut cmd = cargo();
     cmd.current_dir(fuzz_dir())
-        .args(["build", "--bin", TARGET, "--target", &triple])
+        .args(["build", "--bins", "--target", &triple])
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env("RUSTFLAGS", RUSTFLAGS.join(" "));
     if release {
@@ -83,13 +99,13 @@ pub fn build_command(release: bool) -> Result<Command> {
     Ok(cmd)
 }
 
-/// Builds (release) and runs the fuzz target for `seconds`, with the committed seeds in
-/// `fuzz/seeds/` and the growing corpus in `fuzz/corpus/` (not committed). A crash
-/// leaves its input in `fuzz/artifacts/pipeline_parser/`.
-fn run(seconds: u64) -> Result<()> {
+/// Builds (release) and runs `target` for `seconds`, with the committed seeds in
+/// `fuzz/seeds/<target>/` and the growing corpus in `fuzz/corpus/<target>/` (not
+/// committed). A crash leaves its input in `fuzz/artifacts/<target>/`.
+fn run(target: &str, seconds: u64) -> Result<()> {
     run_cmd(
         &mut build_command(true)?,
-        "cargo build --release (fuzz target)",
+        "cargo build --release (fuzz targets)",
     )?;
     let dir = fuzz_dir();
     let triple = host_triple()?;
@@ -97,25 +113,25 @@ fn run(seconds: u64) -> Result<()> {
         .join("target")
         .join(&triple)
         .join("release")
-        .join(TARGET);
-    let corpus = dir.join("corpus").join(TARGET);
-    let artifacts = dir.join("artifacts").join(TARGET);
+        .join(target);
+    let corpus = dir.join("corpus").join(target);
+    let artifacts = dir.join("artifacts").join(target);
     for d in [&corpus, &artifacts] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     let mut cmd = Command::new(&binary);
     cmd.current_dir(&dir)
         .arg(&corpus)
-        .arg(dir.join("seeds").join(TARGET))
+        .arg(dir.join("seeds").join(target))
         .arg(format!("-max_total_time={seconds}"))
-        .arg(format!(
-            "-dict={}",
-            dir.join(format!("{TARGET}.dict")).display()
-        ))
+        .arg("-timeout=10")
+        .arg(format!("-dict={}", dir.join("pipeline.dict").display()))
         .arg(format!("-artifact_prefix={}/", artifacts.display()));
     run_cmd(
         &mut cmd,
         &format!("{} (fuzzing for {seconds} s)", binary.display()),
     )
-    .context("the fuzz target found a crash; its input is in fuzz/artifacts/pipeline_parser/")
+    .with_context(|| {
+        format!("the fuzz target found a crash; its input is in fuzz/artifacts/{target}/")
+    })
 }

@@ -3,7 +3,7 @@
 //! - `ci`: the full check a change must pass — format, clippy, tests (incl. doctests),
 //!   and a build of the fuzz target. `.ci/run` runs exactly this.
 //! - `bench [ARGS...]`: `cargo bench -p stream-core`, extra arguments passed through.
-//! - `fuzz build|run [--seconds N]`: build or run the `pipeline_parser` fuzz target on a
+//! - `fuzz build|run [TARGET] [--seconds N]`: build or run a fuzz target on a
 //!   stable toolchain (see `fuzz.rs`).
 //! - `services up|down|status`: local services (brokers, databases) the tests need.
 
@@ -22,8 +22,9 @@ usage: cargo xtask <command>
 commands:
   ci                       fmt check, clippy -D warnings, tests (incl. doctests), fuzz build
   bench [ARGS...]          cargo bench -p stream-core [ARGS...]
-  fuzz build               build the fuzz target (stable toolchain)
-  fuzz run [--seconds N]   build and run the fuzz target for N seconds (default 30)
+  fuzz build [--release]   build the fuzz targets (stable toolchain)
+  fuzz run [TARGET] [--seconds N]
+                           run a fuzz target (default pipeline_parser) for N s (default 30)
   services up|down|status  start, stop or show the local services tests need
 ";
 

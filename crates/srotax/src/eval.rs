@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use stream_core::value::{parse_document, ExtJsonMode, Value};
+use stream_core::value::{parse_document, parse_document_fields, ExtJsonMode, Str, Value};
 use stream_core::{Document, Pipeline, PipelineRun, StageError};
 
 const BUF_SIZE: usize = 64 * 1024;
@@ -72,7 +72,11 @@ pub fn eval(pipeline: &Pipeline, opts: &EvalOptions) -> Result<EvalStats, CliErr
         write_error: None,
     };
     let mut reader = BufReader::with_capacity(BUF_SIZE, reader);
-    let result = read_input(&mut reader, &mut runner).and_then(|()| runner.finish());
+    // Projection pushdown: when the pipeline reads only some top-level fields, JSON Lines
+    // input skips the others while parsing.
+    let fields = pipeline.input_fields();
+    tracing::debug!(?fields, "input fields the pipeline reads (None: all)");
+    let result = read_input(&mut reader, fields, &mut runner).and_then(|()| runner.finish());
     match result {
         Ok(()) => {}
         // A closed pipe (`srotax eval ... | head`) is a normal way for output to end.
@@ -83,6 +87,16 @@ pub fn eval(pipeline: &Pipeline, opts: &EvalOptions) -> Result<EvalStats, CliErr
         Err(e) => return Err(e),
     }
     let stats = runner.stats;
+    for (i, (stage, s)) in runner.run.stage_stats().into_iter().enumerate() {
+        tracing::debug!(
+            stage_index = i,
+            stage,
+            documents_in = s.documents_in,
+            documents_out = s.documents_out,
+            errors = s.errors,
+            "stage finished"
+        );
+    }
     tracing::info!(
         inputs = stats.inputs,
         outputs = stats.outputs,
@@ -216,7 +230,11 @@ fn peek_start(reader: &mut impl BufRead) -> io::Result<(Option<u8>, u64)> {
     }
 }
 
-fn read_input(reader: &mut impl BufRead, runner: &mut Runner) -> Result<(), CliError> {
+fn read_input(
+    reader: &mut impl BufRead,
+    fields: Option<&[Str]>,
+    runner: &mut Runner,
+) -> Result<(), CliError> {
     let (first, skipped_lines) = peek_start(reader).map_err(CliError::ReadInput)?;
     match first {
         None => Ok(()),
@@ -226,7 +244,7 @@ fn read_input(reader: &mut impl BufRead, runner: &mut Runner) -> Result<(), CliE
         }
         Some(_) => {
             tracing::debug!("input is JSON Lines");
-            read_lines(reader, skipped_lines, runner)
+            read_lines(reader, skipped_lines, fields, runner)
         }
     }
 }
@@ -234,6 +252,7 @@ fn read_input(reader: &mut impl BufRead, runner: &mut Runner) -> Result<(), CliE
 fn read_lines(
     reader: &mut impl BufRead,
     skipped_lines: u64,
+    fields: Option<&[Str]>,
     runner: &mut Runner,
 ) -> Result<(), CliError> {
     let mut buf = Vec::with_capacity(1024);
@@ -271,7 +290,11 @@ fn read_lines(
             doc: doc_no,
             line: line_no,
         };
-        match parse_document(text) {
+        let parsed = match fields {
+            Some(fields) => parse_document_fields(text, fields),
+            None => parse_document(text),
+        };
+        match parsed {
             Ok(doc) => runner.push(doc, origin)?,
             Err(e) => runner.malformed(origin, e),
         }

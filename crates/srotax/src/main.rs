@@ -14,7 +14,7 @@ mod pipeline_file;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use error::{CliError, EXIT_OK};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use stream_core::value::ExtJsonMode;
@@ -120,6 +120,7 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

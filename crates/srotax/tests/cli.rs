@@ -373,3 +373,47 @@ fn validate_failure_exits_2() {
         stderr(&o)
     );
 }
+
+#[test]
+fn failure_after_a_blocking_stage_is_reported_at_end_of_input() {
+    let dir = scratch("at-end");
+    let p = write(
+        &dir,
+        "p.json",
+        r#"[{"$group": {"_id": "$k", "total": {"$sum": "$v"}}},
+            {"$sort": {"_id": 1}},
+            {"$set": {"inverse": {"$divide": [1, "$total"]}}}]"#,
+    );
+    let input = "{\"k\": \"a\", \"v\": 2}\n{\"k\": \"b\", \"v\": 0}\n{\"k\": \"a\", \"v\": 2}\n";
+    let o = srotax(&["eval", "-p", p.to_str().unwrap()], input);
+    assert_code(&o, 3);
+    assert_eq!(lines(&o), [r#"{"_id":"a","total":4,"inverse":0.25}"#]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("error: at end of input: stage 3 ($set) at pipeline[2]: $divide"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "0 of 3 input document(s) failed, 1 document(s) failed at the end of the input"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn truncated_json_array_keeps_the_documents_before_the_error() {
+    let dir = scratch("array-truncated");
+    let p = write(&dir, "p.json", "[]");
+    let o = srotax(
+        &["eval", "-p", p.to_str().unwrap()],
+        r#"[{"a": 1}, {"a": 2}, {"a": "#,
+    );
+    assert_code(&o, 3);
+    assert_eq!(lines(&o), [r#"{"a":1}"#, r#"{"a":2}"#]);
+    assert!(
+        stderr(&o).contains("error: input is not a valid JSON array (after document 2)"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use stream_core::streaming::{
-    ConnectorConfig, ConnectorContext, ConnectorError, ConnectorProvider, DefinitionError, Payload, Record, Sink, Source, SourceBatch,
-    SourcePositions,
+    ConnectorConfig, ConnectorContext, ConnectorError, ConnectorProvider, DefinitionError, Payload,
+    Record, Sink, Source, SourceBatch, SourcePositions,
 };
 use stream_core::value::{Document, Str, Value};
 use tokio::time::Instant;
@@ -47,16 +47,28 @@ impl ConnectorProvider for FileConnectorProvider {
         NAME
     }
 
-    fn create_source(&self, config: &ConnectorConfig, _ctx: &ConnectorContext) -> Result<Option<Box<dyn Source>>, DefinitionError> {
+    fn create_source(
+        &self,
+        config: &ConnectorConfig,
+        _ctx: &ConnectorContext,
+    ) -> Result<Option<Box<dyn Source>>, DefinitionError> {
         check_known(config, SOURCE_OPTIONS)?;
         let path = config.required_str("path")?;
         if path.trim().is_empty() {
-            return Err(config.option_error("path", "expected a file path or a glob pattern, found an empty string"));
+            return Err(config.option_error(
+                "path",
+                "expected a file path or a glob pattern, found an empty string",
+            ));
         }
         let follow = config.bool_option("follow")?.unwrap_or(false);
-        let poll_interval = config.duration_option("pollInterval")?.unwrap_or(DEFAULT_POLL_INTERVAL);
+        let poll_interval = config
+            .duration_option("pollInterval")?
+            .unwrap_or(DEFAULT_POLL_INTERVAL);
         if poll_interval.is_zero() {
-            return Err(config.option_error("pollInterval", "expected a duration greater than 0, e.g. \"200 ms\""));
+            return Err(config.option_error(
+                "pollInterval",
+                "expected a duration greater than 0, e.g. \"200 ms\"",
+            ));
         }
         let pattern = FilePattern::new(path).map_err(|m| config.option_error("path", m))?;
         let paths = pattern.resolve();
@@ -69,7 +81,13 @@ impl ConnectorProvider for FileConnectorProvider {
         let size_hint = if follow {
             None
         } else {
-            Some(paths.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum())
+            Some(
+                paths
+                    .iter()
+                    .filter_map(|p| std::fs::metadata(p).ok())
+                    .map(|m| m.len())
+                    .sum(),
+            )
         };
         let files = paths.into_iter().map(TailedFile::new).collect();
         Ok(Some(Box::new(FileSource {
@@ -85,14 +103,24 @@ impl ConnectorProvider for FileConnectorProvider {
         })))
     }
 
-    fn create_sink(&self, config: &ConnectorConfig, _ctx: &ConnectorContext) -> Result<Option<Box<dyn Sink>>, DefinitionError> {
+    fn create_sink(
+        &self,
+        config: &ConnectorConfig,
+        _ctx: &ConnectorContext,
+    ) -> Result<Option<Box<dyn Sink>>, DefinitionError> {
         check_known(config, SINK_OPTIONS)?;
         let path = config.required_str("path")?;
         if path.trim().is_empty() {
             return Err(config.option_error("path", "expected a file path, found an empty string"));
         }
         let fsync = config.bool_option("fsync")?.unwrap_or(true);
-        Ok(Some(Box::new(FileSink { path: PathBuf::from(path), fsync, file: None, size: 0, buffer: String::new() })))
+        Ok(Some(Box::new(FileSink {
+            path: PathBuf::from(path),
+            fsync,
+            file: None,
+            size: 0,
+            buffer: String::new(),
+        })))
     }
 }
 
@@ -106,11 +134,17 @@ struct FilePattern {
 impl FilePattern {
     fn new(text: &str) -> Result<Self, String> {
         let glob = if text.contains(['*', '?', '[']) {
-            Some(glob::Pattern::new(text).map_err(|e| format!("invalid glob pattern '{text}': {e}"))?)
+            Some(
+                glob::Pattern::new(text)
+                    .map_err(|e| format!("invalid glob pattern '{text}': {e}"))?,
+            )
         } else {
             None
         };
-        Ok(FilePattern { text: text.to_string(), glob })
+        Ok(FilePattern {
+            text: text.to_string(),
+            glob,
+        })
     }
 
     /// The matching files, sorted by path.
@@ -126,7 +160,9 @@ impl FilePattern {
                     match entry {
                         Ok(p) if p.is_file() => paths.push(p),
                         Ok(_) => {}
-                        Err(e) => warn!(pattern = %self.text, error = %e, "skipping an unreadable path"),
+                        Err(e) => {
+                            warn!(pattern = %self.text, error = %e, "skipping an unreadable path")
+                        }
                     }
                 }
             }
@@ -155,7 +191,14 @@ struct TailedFile {
 impl TailedFile {
     fn new(path: PathBuf) -> Self {
         let name = Str::from(path.to_string_lossy().as_ref());
-        TailedFile { path, name, offset: 0, reader: None, pending: Vec::new(), finished: false }
+        TailedFile {
+            path,
+            name,
+            offset: 0,
+            reader: None,
+            pending: Vec::new(),
+            finished: false,
+        }
     }
 
     fn io_error(&self, what: &str, e: &std::io::Error) -> ConnectorError {
@@ -169,12 +212,16 @@ impl TailedFile {
             Err(e) if follow && e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(self.io_error("cannot open", &e)),
         };
-        let len = file.metadata().map_err(|e| self.io_error("cannot read the size of", &e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| self.io_error("cannot read the size of", &e))?
+            .len();
         if len < self.offset {
             warn!(file = %self.path.display(), offset = self.offset, len, "file is shorter than the resume position (truncated or replaced); reading it from the start");
             self.offset = 0;
         }
-        file.seek(SeekFrom::Start(self.offset)).map_err(|e| self.io_error("cannot seek in", &e))?;
+        file.seek(SeekFrom::Start(self.offset))
+            .map_err(|e| self.io_error("cannot seek in", &e))?;
         self.pending.clear();
         self.reader = Some(BufReader::with_capacity(READ_BUFFER, file));
         Ok(true)
@@ -182,12 +229,19 @@ impl TailedFile {
 
     /// Reads complete lines into `out` until it holds `max` records (`Ok(false)`) or the
     /// end of the file is reached (`Ok(true)`).
-    fn read_into(&mut self, out: &mut Vec<Record>, max: usize, follow: bool) -> Result<bool, ConnectorError> {
+    fn read_into(
+        &mut self,
+        out: &mut Vec<Record>,
+        max: usize,
+        follow: bool,
+    ) -> Result<bool, ConnectorError> {
         if self.reader.is_none() && !self.open(follow)? {
             return Ok(true);
         }
         while out.len() < max {
-            let Some(reader) = self.reader.as_mut() else { return Ok(true) };
+            let Some(reader) = self.reader.as_mut() else {
+                return Ok(true);
+            };
             let n = match reader.read_until(b'\n', &mut self.pending) {
                 Ok(n) => n,
                 Err(e) => {
@@ -213,7 +267,12 @@ impl TailedFile {
     fn take_line(&mut self, out: &mut Vec<Record>) {
         let end = self.offset + self.pending.len() as u64;
         if let Some(text) = line_text(&self.pending, &self.name, self.offset) {
-            out.push(Record { payload: Payload::Json(text), partition: self.name.clone(), position: Value::Int64(end as i64), event_time: None });
+            out.push(Record {
+                payload: Payload::Json(text),
+                partition: self.name.clone(),
+                position: Value::Int64(end as i64),
+                event_time: None,
+            });
         }
         self.offset = end;
         self.pending.clear();
@@ -245,7 +304,12 @@ impl TailedFile {
 
 /// Reads up to `max` records from the files, starting at `cursor`. Returns the records
 /// and whether a bounded input is exhausted.
-fn read_available(files: &mut [TailedFile], cursor: &mut usize, max: usize, follow: bool) -> Result<(Vec<Record>, bool), ConnectorError> {
+fn read_available(
+    files: &mut [TailedFile],
+    cursor: &mut usize,
+    max: usize,
+    follow: bool,
+) -> Result<(Vec<Record>, bool), ConnectorError> {
     let mut out = Vec::with_capacity(max.min(4096));
     let n = files.len();
     for _ in 0..n {
@@ -297,18 +361,27 @@ impl FileSource {
         }
     }
 
-    async fn read(&mut self, max: usize, rescan: bool) -> Result<(Vec<Record>, bool), ConnectorError> {
+    async fn read(
+        &mut self,
+        max: usize,
+        rescan: bool,
+    ) -> Result<(Vec<Record>, bool), ConnectorError> {
         let mut files = std::mem::take(&mut self.files);
         let mut cursor = self.cursor;
         let follow = self.follow;
         let pattern = rescan.then(|| self.pattern.clone());
         let task = tokio::task::spawn_blocking(move || {
             let found = pattern.map(|p| p.resolve());
-            let result = if files.is_empty() { Ok((Vec::new(), !follow)) } else { read_available(&mut files, &mut cursor, max, follow) };
+            let result = if files.is_empty() {
+                Ok((Vec::new(), !follow))
+            } else {
+                read_available(&mut files, &mut cursor, max, follow)
+            };
             (files, cursor, found, result)
         });
-        let (files, cursor, found, result) =
-            task.await.map_err(|e| ConnectorError::permanent(NAME, format!("the file reader task failed: {e}")))?;
+        let (files, cursor, found, result) = task.await.map_err(|e| {
+            ConnectorError::permanent(NAME, format!("the file reader task failed: {e}"))
+        })?;
         self.files = files;
         self.cursor = cursor;
         if let Some(paths) = found {
@@ -319,12 +392,19 @@ impl FileSource {
 }
 
 fn resume_offset(positions: &SourcePositions, name: &str) -> Option<u64> {
-    positions.get(name).and_then(Value::as_i64_exact).and_then(|n| u64::try_from(n).ok())
+    positions
+        .get(name)
+        .and_then(Value::as_i64_exact)
+        .and_then(|n| u64::try_from(n).ok())
 }
 
 #[async_trait]
 impl Source for FileSource {
-    async fn next_batch(&mut self, max_records: usize, max_wait: Duration) -> Result<SourceBatch, ConnectorError> {
+    async fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<SourceBatch, ConnectorError> {
         let deadline = Instant::now() + max_wait;
         loop {
             if let Some(idle) = self.idle_since {
@@ -342,7 +422,10 @@ impl Source for FileSource {
             let (records, end_of_input) = self.read(max_records.max(1), rescan).await?;
             if !records.is_empty() || end_of_input {
                 self.idle_since = None;
-                return Ok(SourceBatch { records, end_of_input });
+                return Ok(SourceBatch {
+                    records,
+                    end_of_input,
+                });
             }
             if self.follow {
                 self.idle_since = Some(Instant::now());
@@ -388,7 +471,10 @@ fn open_for_append(path: &Path) -> std::io::Result<(File, u64)> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
     let size = file.metadata()?.len();
     Ok((file, size))
 }
@@ -405,7 +491,9 @@ impl FileSink {
         let path = self.path.clone();
         let (file, size) = tokio::task::spawn_blocking(move || open_for_append(&path))
             .await
-            .map_err(|e| ConnectorError::permanent(NAME, format!("the file writer task failed: {e}")))?
+            .map_err(|e| {
+                ConnectorError::permanent(NAME, format!("the file writer task failed: {e}"))
+            })?
             .map_err(|e| self.io_error("cannot open", &e))?;
         let file = Arc::new(file);
         self.file = Some(file.clone());
@@ -429,7 +517,13 @@ impl Sink for FileSink {
         let buffer = std::mem::take(&mut self.buffer);
         let (size, fsync) = (self.size, self.fsync);
         let (mut buffer, result) = tokio::task::spawn_blocking(move || {
-            let result = (&*file).write_all(buffer.as_bytes()).and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
+            let result = (&*file).write_all(buffer.as_bytes()).and_then(|()| {
+                if fsync {
+                    file.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
             if result.is_err() {
                 // Cut a partial write back so that a retry does not leave half a line.
                 let _ = file.set_len(size);
@@ -437,7 +531,9 @@ impl Sink for FileSink {
             (buffer, result)
         })
         .await
-        .map_err(|e| ConnectorError::permanent(NAME, format!("the file writer task failed: {e}")))?;
+        .map_err(|e| {
+            ConnectorError::permanent(NAME, format!("the file writer task failed: {e}"))
+        })?;
         match result {
             Ok(()) => {
                 self.size += buffer.len() as u64;

@@ -32,11 +32,16 @@
 
 #![warn(missing_docs)]
 
-use std::sync::Arc;
 use stream_core::streaming::ConnectorRegistry;
 
 #[cfg(any(feature = "file", feature = "stdio"))]
 mod lines;
+#[cfg(any(
+    feature = "file",
+    feature = "stdio",
+    feature = "memory",
+    feature = "generator"
+))]
 mod options;
 
 #[cfg(feature = "file")]
@@ -59,17 +64,16 @@ pub use stdio::StdioConnectorProvider;
 
 /// Registers every connector provider whose cargo feature is enabled (`file`,
 /// `stdio`, `memory` with [`MemoryHub::global`], `generator`).
+#[allow(unused_variables)] // with every feature off there is nothing to register
 pub fn register_builtin(registry: &mut ConnectorRegistry) {
     #[cfg(feature = "file")]
-    registry.register(Arc::new(FileConnectorProvider));
+    registry.register(std::sync::Arc::new(FileConnectorProvider));
     #[cfg(feature = "stdio")]
-    registry.register(Arc::new(StdioConnectorProvider));
+    registry.register(std::sync::Arc::new(StdioConnectorProvider));
     #[cfg(feature = "memory")]
-    registry.register(Arc::new(MemoryConnectorProvider::default()));
+    registry.register(std::sync::Arc::new(MemoryConnectorProvider::default()));
     #[cfg(feature = "generator")]
-    registry.register(Arc::new(GeneratorConnectorProvider));
-    // Keeps `Arc` used when every feature is off.
-    let _ = Arc::<()>::default;
+    registry.register(std::sync::Arc::new(GeneratorConnectorProvider));
 }
 
 /// A registry holding the enabled built-in connectors.
@@ -77,4 +81,25 @@ pub fn builtin_registry() -> ConnectorRegistry {
     let mut registry = ConnectorRegistry::new();
     register_builtin(&mut registry);
     registry
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_registry_holds_exactly_the_enabled_connectors() {
+        let mut expected = Vec::new();
+        if cfg!(feature = "file") {
+            expected.push("file");
+        }
+        if cfg!(feature = "generator") {
+            expected.push("generator");
+        }
+        if cfg!(feature = "memory") {
+            expected.push("memory");
+        }
+        if cfg!(feature = "stdio") {
+            expected.push("stdio");
+        }
+        assert_eq!(super::builtin_registry().types(), expected);
+    }
 }

@@ -9,7 +9,11 @@ pub(crate) fn check_known(config: &ConnectorConfig, known: &[&str]) -> Result<()
         if !known.contains(&key.as_str()) {
             return Err(config.option_error(
                 key,
-                format!("unknown option '{key}' for the {} connector (expected one of: {})", config.connector_type, known.join(", ")),
+                format!(
+                    "unknown option '{key}' for the {} connector (expected one of: {})",
+                    config.connector_type,
+                    known.join(", ")
+                ),
             ));
         }
     }
@@ -17,8 +21,11 @@ pub(crate) fn check_known(config: &ConnectorConfig, known: &[&str]) -> Result<()
 }
 
 /// A positive integer option.
-#[allow(dead_code)] // not every feature combination uses it
-pub(crate) fn positive_u64(config: &ConnectorConfig, key: &str) -> Result<Option<u64>, DefinitionError> {
+#[cfg(feature = "generator")]
+pub(crate) fn positive_u64(
+    config: &ConnectorConfig,
+    key: &str,
+) -> Result<Option<u64>, DefinitionError> {
     match config.u64_option(key)? {
         Some(0) => Err(config.option_error(key, "expected a positive integer, found 0")),
         other => Ok(other),

@@ -15,8 +15,8 @@ use crate::options::check_known;
 use async_trait::async_trait;
 use std::time::Duration;
 use stream_core::streaming::{
-    ConnectorConfig, ConnectorContext, ConnectorError, ConnectorProvider, DefinitionError, Payload, Record, Sink, Source, SourceBatch,
-    SourcePositions,
+    ConnectorConfig, ConnectorContext, ConnectorError, ConnectorProvider, DefinitionError, Payload,
+    Record, Sink, Source, SourceBatch, SourcePositions,
 };
 use stream_core::value::{Document, Str, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Stdin};
@@ -35,14 +35,29 @@ impl ConnectorProvider for StdioConnectorProvider {
         NAME
     }
 
-    fn create_source(&self, config: &ConnectorConfig, _ctx: &ConnectorContext) -> Result<Option<Box<dyn Source>>, DefinitionError> {
+    fn create_source(
+        &self,
+        config: &ConnectorConfig,
+        _ctx: &ConnectorContext,
+    ) -> Result<Option<Box<dyn Source>>, DefinitionError> {
         check_known(config, &[])?;
-        Ok(Some(Box::new(StdinSource { reader: None, pending: Vec::new(), line: 0, ended: false })))
+        Ok(Some(Box::new(StdinSource {
+            reader: None,
+            pending: Vec::new(),
+            line: 0,
+            ended: false,
+        })))
     }
 
-    fn create_sink(&self, config: &ConnectorConfig, _ctx: &ConnectorContext) -> Result<Option<Box<dyn Sink>>, DefinitionError> {
+    fn create_sink(
+        &self,
+        config: &ConnectorConfig,
+        _ctx: &ConnectorContext,
+    ) -> Result<Option<Box<dyn Sink>>, DefinitionError> {
         check_known(config, &[])?;
-        Ok(Some(Box::new(StdoutSink { buffer: String::new() })))
+        Ok(Some(Box::new(StdoutSink {
+            buffer: String::new(),
+        })))
     }
 }
 
@@ -58,44 +73,49 @@ struct StdinSource {
 
 #[async_trait]
 impl Source for StdinSource {
-    async fn next_batch(&mut self, max_records: usize, max_wait: Duration) -> Result<SourceBatch, ConnectorError> {
+    async fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<SourceBatch, ConnectorError> {
         let deadline = Instant::now() + max_wait;
-        let reader = self.reader.get_or_insert_with(|| BufReader::with_capacity(READ_BUFFER, tokio::io::stdin()));
+        let reader = self
+            .reader
+            .get_or_insert_with(|| BufReader::with_capacity(READ_BUFFER, tokio::io::stdin()));
         let mut records = Vec::new();
-        while !self.ended && records.len() < max_refs(max_records) {
-            // Wait for the first record up to `max_wait`; after that take only what is
-            // already buffered, so a slow producer does not hold back a started batch.
-            let read = reader.read_until(b'\n', &mut self.pending);
-            let n = if records.is_empty() {
-                match tokio::time::timeout_at(deadline, read).await {
-                    Ok(r) => r,
-                    Err(_) => break, // nothing yet; partial bytes stay in `pending`
-                }
-            } else if reader.buffer().is_empty() {
+        while !self.ended && records.len() < max_records.max(1) {
+            // Waits up to `max_wait` in all; once it has passed, only lines already
+            // buffered are taken. Reading is resumable: bytes of a line cut short by the
+            // timeout stay in `pending`.
+            let Ok(read) =
+                tokio::time::timeout_at(deadline, reader.read_until(b'\n', &mut self.pending))
+                    .await
+            else {
                 break;
-            } else {
-                read.await
+            };
+            let n = read.map_err(|e| ConnectorError::io(NAME, "cannot read stdin", &e))?;
+            if n == 0 {
+                self.ended = true;
+            } else if self.pending.last() != Some(&b'\n') {
+                continue; // a last line without newline: the next read reports EOF
             }
-            .map_err(|e| ConnectorError::io(NAME, "cannot read stdin", &e))?;
-            if n == 0 || self.pending.last() == Some(&b'\n') || n > 0 && reader.buffer().is_empty() && self.pending.last() != Some(&b'\n') {
-                if n == 0 {
-                    self.ended = true;
+            if !self.pending.is_empty() {
+                self.line += 1;
+                if let Some(text) = line_text(&self.pending, PARTITION, self.line) {
+                    records.push(Record {
+                        payload: Payload::Json(text),
+                        partition: Str::from(PARTITION),
+                        position: Value::Int64(self.line as i64),
+                        event_time: None,
+                    });
                 }
-                if n == 0 || self.pending.last() == Some(&b'\n') {
-                    self.line += 1;
-                    if let Some(text) = line_text(&self.pending, PARTITION, self.line) {
-                        records.push(Record {
-                            payload: Payload::Json(text),
-                            partition: Str::from(PARTITION),
-                            position: Value::Int64(self.line as i64),
-                            event_time: None,
-                        });
-                    }
-                    self.pending.clear();
-                }
+                self.pending.clear();
             }
         }
-        Ok(SourceBatch { records, end_of_input: self.ended })
+        Ok(SourceBatch {
+            records,
+            end_of_input: self.ended,
+        })
     }
 
     async fn seek(&mut self, positions: &SourcePositions) -> Result<(), ConnectorError> {
@@ -108,10 +128,6 @@ impl Source for StdinSource {
     fn is_bounded(&self) -> bool {
         true
     }
-}
-
-fn max_refs(max_records: usize) -> usize {
-    max_records.max(1)
 }
 
 struct StdoutSink {
@@ -130,8 +146,12 @@ impl Sink for StdoutSink {
             return Ok(());
         }
         let mut out = tokio::io::stdout();
-        out.write_all(self.buffer.as_bytes()).await.map_err(|e| ConnectorError::io(NAME, "cannot write to stdout", &e))?;
-        out.flush().await.map_err(|e| ConnectorError::io(NAME, "cannot flush stdout", &e))?;
+        out.write_all(self.buffer.as_bytes())
+            .await
+            .map_err(|e| ConnectorError::io(NAME, "cannot write to stdout", &e))?;
+        out.flush()
+            .await
+            .map_err(|e| ConnectorError::io(NAME, "cannot flush stdout", &e))?;
         self.buffer.clear();
         Ok(())
     }

@@ -42,7 +42,9 @@ fn orders_jsonl(n: usize) -> String {
 }
 
 fn parse_all(text: &str) -> Vec<Document> {
-    text.lines().map(|l| parse_document(l).expect("valid generated JSON")).collect()
+    text.lines()
+        .map(|l| parse_document(l).expect("valid generated JSON"))
+        .collect()
 }
 
 fn bench_match_project(c: &mut Criterion) {
@@ -85,7 +87,11 @@ fn srotax_jsonl_group(pipeline: &Pipeline, text: &str) -> String {
             Some(f) => parse_document_fields(line, f),
             None => parse_document(line),
         };
-        run.push(doc.expect("valid generated JSON"), &mut out_docs, &mut errors);
+        run.push(
+            doc.expect("valid generated JSON"),
+            &mut out_docs,
+            &mut errors,
+        );
     }
     run.finish(&mut out_docs, &mut errors);
     assert!(errors.is_empty());
@@ -139,7 +145,11 @@ fn baseline_jsonl_group(text: &str) -> String {
     let mut out = String::with_capacity(order.len() * 64);
     for id in &order {
         let (count, total) = groups[id];
-        let row = Ltv { _id: id, order_count: count, lifetime_value: total };
+        let row = Ltv {
+            _id: id,
+            order_count: count,
+            lifetime_value: total,
+        };
         out.push_str(&serde_json::to_string(&row).expect("serializable"));
         out.push('\n');
     }
@@ -158,8 +168,12 @@ fn bench_jsonl_group(c: &mut Criterion) {
     let mut g = c.benchmark_group("jsonl_group");
     g.sample_size(10);
     g.throughput(Throughput::Elements(N as u64));
-    g.bench_function("srotax", |b| b.iter(|| srotax_jsonl_group(&pipeline, &text).len()));
-    g.bench_function("serde_baseline", |b| b.iter(|| baseline_jsonl_group(&text).len()));
+    g.bench_function("srotax", |b| {
+        b.iter(|| srotax_jsonl_group(&pipeline, &text).len())
+    });
+    g.bench_function("serde_baseline", |b| {
+        b.iter(|| baseline_jsonl_group(&text).len())
+    });
     g.finish();
 }
 

@@ -74,7 +74,9 @@ fn is_inclusion_projection(spec: &Value) -> bool {
     fn walk(d: &crate::value::Document, top: bool, includes: &mut bool) -> bool {
         for (k, v) in d.iter() {
             match v {
-                Value::Document(nested) if nested.keys().next().is_some_and(|k| !k.starts_with('$')) => {
+                Value::Document(nested)
+                    if nested.keys().next().is_some_and(|k| !k.starts_with('$')) =>
+                {
                     if !walk(nested, false, includes) {
                         return false;
                     }
@@ -95,7 +97,9 @@ fn is_inclusion_projection(spec: &Value) -> bool {
         true
     }
     let mut includes = false;
-    spec.as_document().is_some_and(|d| walk(d, true, &mut includes)) && includes
+    spec.as_document()
+        .is_some_and(|d| walk(d, true, &mut includes))
+        && includes
 }
 
 /// Adds the first segment of every `"$field.path"` string; fails (→ all fields) on
@@ -173,16 +177,31 @@ mod tests {
     #[test]
     fn group_closes_the_field_set() {
         assert_eq!(
-            fields(r#"[{"$match": {"status": "PAID"}}, {"$group": {"_id": "$customerId", "n": {"$sum": "$orderValue"}}}, {"$sort": {"x": 1}}]"#),
-            Some(vec!["status".into(), "customerId".into(), "orderValue".into()])
+            fields(
+                r#"[{"$match": {"status": "PAID"}}, {"$group": {"_id": "$customerId", "n": {"$sum": "$orderValue"}}}, {"$sort": {"x": 1}}]"#
+            ),
+            Some(vec![
+                "status".into(),
+                "customerId".into(),
+                "orderValue".into()
+            ])
         );
     }
 
     #[test]
     fn inclusion_projection_keeps_id_and_named_fields() {
         assert_eq!(
-            fields(r#"[{"$match": {"$or": [{"a.b": 1}, {"c": {"$gt": 2}}]}}, {"$project": {"d": 1, "e": {"$add": ["$f", 1]}}}]"#),
-            Some(vec!["a".into(), "c".into(), "_id".into(), "d".into(), "e".into(), "f".into()])
+            fields(
+                r#"[{"$match": {"$or": [{"a.b": 1}, {"c": {"$gt": 2}}]}}, {"$project": {"d": 1, "e": {"$add": ["$f", 1]}}}]"#
+            ),
+            Some(vec![
+                "a".into(),
+                "c".into(),
+                "_id".into(),
+                "d".into(),
+                "e".into(),
+                "f".into()
+            ])
         );
     }
 
@@ -190,10 +209,19 @@ mod tests {
     fn whole_document_use_means_all_fields() {
         assert_eq!(fields(r#"[{"$match": {"a": 1}}]"#), None);
         assert_eq!(fields(r#"[{"$project": {"a": 0}}]"#), None);
-        assert_eq!(fields(r#"[{"$group": {"_id": null, "all": {"$push": "$$ROOT"}}}]"#), None);
+        assert_eq!(
+            fields(r#"[{"$group": {"_id": null, "all": {"$push": "$$ROOT"}}}]"#),
+            None
+        );
         assert_eq!(fields(r#"[{"$redact": "$$KEEP"}, {"$count": "n"}]"#), None);
-        assert_eq!(fields(r#"[{"$project": {"x": {"$getField": "a.b"}}}]"#), None);
+        assert_eq!(
+            fields(r#"[{"$project": {"x": {"$getField": "a.b"}}}]"#),
+            None
+        );
         assert_eq!(fields(r#"[{"$project": {"a": {"b": 0}}}]"#), None);
-        assert_eq!(fields(r#"[{"$project": {"r": {"$getField": "a.b"}}}]"#), None);
+        assert_eq!(
+            fields(r#"[{"$project": {"r": {"$getField": "a.b"}}}]"#),
+            None
+        );
     }
 }

@@ -43,13 +43,19 @@ pub struct FunctionError {
 impl FunctionError {
     /// A failure that a retry may fix.
     pub fn transient(message: impl Into<String>) -> Self {
-        FunctionError { message: message.into(), transient: true }
+        FunctionError {
+            message: message.into(),
+            transient: true,
+        }
     }
 }
 
 impl From<String> for FunctionError {
     fn from(message: String) -> Self {
-        FunctionError { message, transient: false }
+        FunctionError {
+            message,
+            transient: false,
+        }
     }
 }
 
@@ -69,7 +75,9 @@ impl fmt::Debug for FunctionRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut names: Vec<_> = self.functions.keys().collect();
         names.sort();
-        f.debug_struct("FunctionRegistry").field("functions", &names).finish()
+        f.debug_struct("FunctionRegistry")
+            .field("functions", &names)
+            .finish()
     }
 }
 
@@ -85,8 +93,10 @@ impl FunctionRegistry {
         F: Fn(&[Value]) -> Result<Value, E> + Send + Sync + 'static,
         E: Into<FunctionError>,
     {
-        self.functions
-            .insert(name.into(), Arc::new(move |args| f(args).map_err(Into::into)));
+        self.functions.insert(
+            name.into(),
+            Arc::new(move |args| f(args).map_err(Into::into)),
+        );
         self
     }
 

@@ -1,11 +1,11 @@
 //! The rule-engine API: compile a pipeline once, then evaluate one document or a finite
 //! batch. Streaming runs use the same [`PipelineRun`] incrementally.
 
+use crate::deps::input_fields;
 use crate::error::{CompileError, EvalError, StageError};
 use crate::expr::{CompileCtx, Env};
 use crate::functions::FunctionRegistry;
 use crate::stages::{compile_stages, Stage, StageState};
-use crate::deps::input_fields;
 use crate::value::{parse_value, Document, ExtJsonError, Str, Value};
 use std::sync::Arc;
 
@@ -77,9 +77,14 @@ impl Pipeline {
     }
 
     /// Compiles with a registry of Rust functions for `$function`.
-    pub fn compile_with(stages: &Value, functions: Arc<FunctionRegistry>) -> Result<Pipeline, CompileError> {
+    pub fn compile_with(
+        stages: &Value,
+        functions: Arc<FunctionRegistry>,
+    ) -> Result<Pipeline, CompileError> {
         let stages = match stages {
-            Value::Document(d) if d.len() == 1 && d.contains_key("pipeline") => d.get("pipeline").unwrap_or(stages),
+            Value::Document(d) if d.len() == 1 && d.contains_key("pipeline") => {
+                d.get("pipeline").unwrap_or(stages)
+            }
             other => other,
         };
         let mut cx = CompileCtx::new(functions);
@@ -103,7 +108,10 @@ impl Pipeline {
     }
 
     /// Parses and compiles pipeline JSON text with a function registry.
-    pub fn compile_json_with(text: &str, functions: Arc<FunctionRegistry>) -> Result<Pipeline, PipelineError> {
+    pub fn compile_json_with(
+        text: &str,
+        functions: Arc<FunctionRegistry>,
+    ) -> Result<Pipeline, PipelineError> {
         Ok(Self::compile_with(&parse_value(text)?, functions)?)
     }
 
@@ -192,12 +200,24 @@ impl PipelineRun {
     /// Pushes one document through every stage; outputs of the last stage go to `out`.
     /// Errors (at most one per derived document) go to `errors`.
     pub fn push(&mut self, doc: Document, out: &mut Vec<Document>, errors: &mut Vec<StageError>) {
-        push_from(&mut self.stages, &mut self.slots, 0, doc, &self.env, out, errors);
+        push_from(
+            &mut self.stages,
+            &mut self.slots,
+            0,
+            doc,
+            &self.env,
+            out,
+            errors,
+        );
     }
 
     /// Counters per stage, in pipeline order, with the stage names.
     pub fn stage_stats(&self) -> Vec<(&'static str, StageStats)> {
-        self.stages.iter().zip(&self.slots).map(|(s, slot)| (s.name(), slot.stats)).collect()
+        self.stages
+            .iter()
+            .zip(&self.slots)
+            .map(|(s, slot)| (s.name(), slot.stats))
+            .collect()
     }
 
     /// Ends the input: flushes blocking stages in order through the rest of the pipeline.
@@ -228,7 +248,10 @@ impl PipelineRun {
     pub fn checkpoint_state(&self) -> Result<Option<Vec<Value>>, StageError> {
         let mut states = Vec::with_capacity(self.stages.len());
         for (i, stage) in self.stages.iter().enumerate() {
-            match stage.checkpoint_state().map_err(|e| stage_error(&**stage, i, e))? {
+            match stage
+                .checkpoint_state()
+                .map_err(|e| stage_error(&**stage, i, e))?
+            {
                 StageState::Stateless => states.push(Value::Null),
                 StageState::State(v) => states.push(v),
                 StageState::Unsupported => return Ok(None),
@@ -252,7 +275,9 @@ impl PipelineRun {
         }
         for (i, (stage, state)) in self.stages.iter_mut().zip(states).enumerate() {
             if !matches!(state, Value::Null) {
-                stage.restore_state(state).map_err(|e| stage_error(&**stage, i, e))?;
+                stage
+                    .restore_state(state)
+                    .map_err(|e| stage_error(&**stage, i, e))?;
             }
         }
         Ok(())
@@ -278,7 +303,12 @@ impl PipelineRun {
     /// A streaming trigger: the first trigger-capable stage emits its changed (or, when
     /// `complete`, all) results, which run through fresh copies of the later stages as a
     /// finite batch.
-    pub fn trigger(&mut self, complete: bool, out: &mut Vec<Document>, errors: &mut Vec<StageError>) {
+    pub fn trigger(
+        &mut self,
+        complete: bool,
+        out: &mut Vec<Document>,
+        errors: &mut Vec<StageError>,
+    ) {
         let Some(k) = self.trigger_stage() else {
             return;
         };
@@ -288,7 +318,10 @@ impl PipelineRun {
         }
         let mut tail = PipelineRun {
             stages: self.stages[k + 1..].iter().map(|s| s.fresh()).collect(),
-            slots: self.stages[k + 1..].iter().map(|_| StageSlot::default()).collect(),
+            slots: self.stages[k + 1..]
+                .iter()
+                .map(|_| StageSlot::default())
+                .collect(),
             env: self.env.clone(),
         };
         let mut tail_errors = Vec::new();
@@ -320,7 +353,9 @@ fn push_from(
     out: &mut Vec<Document>,
     errors: &mut Vec<StageError>,
 ) {
-    let (Some((stage, rest_stages)), Some((slot, rest_slots))) = (stages.split_first_mut(), slots.split_first_mut()) else {
+    let (Some((stage, rest_stages)), Some((slot, rest_slots))) =
+        (stages.split_first_mut(), slots.split_first_mut())
+    else {
         out.push(doc);
         return;
     };

@@ -44,10 +44,16 @@ fn docs_of(v: Option<&Value>, what: &str) -> Result<Vec<Document>, String> {
             .iter()
             .map(|d| match d {
                 Value::Document(d) => Ok(d.clone()),
-                other => Err(format!("{what}: expected documents, found {}", other.type_name())),
+                other => Err(format!(
+                    "{what}: expected documents, found {}",
+                    other.type_name()
+                )),
             })
             .collect(),
-        Some(other) => Err(format!("{what}: expected an array, found {}", other.type_name())),
+        Some(other) => Err(format!(
+            "{what}: expected an array, found {}",
+            other.type_name()
+        )),
     }
 }
 
@@ -60,7 +66,11 @@ fn same_docs(actual: &[Document], expected: &[Document], unordered: bool) -> boo
     }
     let mut used = vec![false; actual.len()];
     expected.iter().all(|e| {
-        match actual.iter().enumerate().find(|(i, a)| !used[*i] && a.identical(e)) {
+        match actual
+            .iter()
+            .enumerate()
+            .find(|(i, a)| !used[*i] && a.identical(e))
+        {
             Some((i, _)) => {
                 used[i] = true;
                 true
@@ -80,25 +90,35 @@ fn run_case(case: &Document) -> Result<(), String> {
     let pipeline_spec = case.get("pipeline").ok_or("case has no 'pipeline'")?;
     let input = docs_of(case.get("input"), "input")?;
     let expected = docs_of(case.get("expected"), "expected")?;
-    let unordered = case.get("unordered").and_then(Value::as_bool).unwrap_or(false);
+    let unordered = case
+        .get("unordered")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let pipeline = match Pipeline::compile(pipeline_spec) {
         Ok(p) => p,
         Err(e) => {
             return match case.get("compileError").and_then(Value::as_str) {
                 Some(want) if e.to_string().contains(want) => Ok(()),
-                Some(want) => Err(format!("compile error {:?} does not contain {want:?}", e.to_string())),
+                Some(want) => Err(format!(
+                    "compile error {:?} does not contain {want:?}",
+                    e.to_string()
+                )),
                 None => Err(format!("unexpected compile error: {e}")),
             }
         }
     };
     if let Some(want) = case.get("compileError") {
-        return Err(format!("expected compile error {want}, but the pipeline compiled"));
+        return Err(format!(
+            "expected compile error {want}, but the pipeline compiled"
+        ));
     }
     let result = pipeline.run(input);
     let errors: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
     match case.get("runtimeError").and_then(Value::as_str) {
         Some(want) if !errors.iter().any(|e| e.contains(want)) => {
-            return Err(format!("expected a runtime error containing {want:?}, got {errors:?}"));
+            return Err(format!(
+                "expected a runtime error containing {want:?}, got {errors:?}"
+            ));
         }
         None if !errors.is_empty() => return Err(format!("unexpected runtime errors: {errors:?}")),
         _ => {}
@@ -114,7 +134,11 @@ fn run_case(case: &Document) -> Result<(), String> {
 }
 
 /// Parsing only `Pipeline::input_fields` must not change any result.
-fn check_projection_pushdown(pipeline: &Pipeline, case: &Document, full: &stream_core::BatchResult) -> Result<(), String> {
+fn check_projection_pushdown(
+    pipeline: &Pipeline,
+    case: &Document,
+    full: &stream_core::BatchResult,
+) -> Result<(), String> {
     let Some(fields) = pipeline.input_fields() else {
         return Ok(());
     };
@@ -125,7 +149,9 @@ fn check_projection_pushdown(pipeline: &Pipeline, case: &Document, full: &stream
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("projected parse failed: {e}"))?;
     let result = pipeline.run(projected);
-    if result.errors.len() != full.errors.len() || !same_docs(&result.documents, &full.documents, false) {
+    if result.errors.len() != full.errors.len()
+        || !same_docs(&result.documents, &full.documents, false)
+    {
         return Err(format!(
             "projection pushdown to {fields:?} changed the result\n      full:      {} {:?}\n      projected: {} {:?}",
             show(&full.documents),
@@ -146,9 +172,16 @@ fn run_corpus() -> Outcome {
     let mut files = Vec::new();
     collect_files(&corpus_dir(), &mut files);
     let filter = std::env::var("CONFORMANCE_FILTER").ok();
-    let mut outcome = Outcome { total: 0, failures: Vec::new() };
+    let mut outcome = Outcome {
+        total: 0,
+        failures: Vec::new(),
+    };
     for file in files {
-        let rel = file.strip_prefix(corpus_dir()).unwrap_or(&file).display().to_string();
+        let rel = file
+            .strip_prefix(corpus_dir())
+            .unwrap_or(&file)
+            .display()
+            .to_string();
         let text = std::fs::read_to_string(&file).expect("read corpus file");
         let parsed = match parse_value(&text) {
             Ok(v) => v,
@@ -157,19 +190,30 @@ fn run_corpus() -> Outcome {
                 continue;
             }
         };
-        let cases = match parsed.as_document().and_then(|d| d.get("cases")).and_then(Value::as_array) {
+        let cases = match parsed
+            .as_document()
+            .and_then(|d| d.get("cases"))
+            .and_then(Value::as_array)
+        {
             Some(c) => c.to_vec(),
             None => {
-                outcome.failures.push(format!("{rel}: expected {{\"cases\": [...]}}"));
+                outcome
+                    .failures
+                    .push(format!("{rel}: expected {{\"cases\": [...]}}"));
                 continue;
             }
         };
         for (i, case) in cases.iter().enumerate() {
             let Some(case) = case.as_document() else {
-                outcome.failures.push(format!("{rel}[{i}]: a case must be an object"));
+                outcome
+                    .failures
+                    .push(format!("{rel}[{i}]: a case must be an object"));
                 continue;
             };
-            let name = case.get("name").and_then(Value::as_str).unwrap_or("<unnamed>");
+            let name = case
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("<unnamed>");
             let id = format!("{rel}::{name}");
             if filter.as_deref().is_some_and(|f| !id.contains(f)) {
                 continue;
@@ -192,7 +236,15 @@ fn conformance_corpus() {
     for f in &outcome.failures {
         eprintln!("FAIL {f}");
     }
-    eprintln!("conformance: {} cases, {} failed", outcome.total, outcome.failures.len());
+    eprintln!(
+        "conformance: {} cases, {} failed",
+        outcome.total,
+        outcome.failures.len()
+    );
     assert!(outcome.total > 0, "no conformance cases ran");
-    assert!(outcome.failures.is_empty(), "{} conformance case(s) failed", outcome.failures.len());
+    assert!(
+        outcome.failures.is_empty(),
+        "{} conformance case(s) failed",
+        outcome.failures.len()
+    );
 }

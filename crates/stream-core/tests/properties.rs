@@ -6,7 +6,9 @@ use proptest::prelude::*;
 use std::cmp::Ordering;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use stream_core::value::{compare_values, parse_value, Document, ExtJsonMode, HashableValue, Number, ObjectId, Value};
+use stream_core::value::{
+    compare_values, parse_value, Document, ExtJsonMode, HashableValue, Number, ObjectId, Value,
+};
 
 fn scalar() -> impl Strategy<Value = Value> {
     prop_oneof![
@@ -19,7 +21,11 @@ fn scalar() -> impl Strategy<Value = Value> {
         (-1000i64..1000).prop_map(Value::Int64),
         any::<f64>().prop_map(Value::Double),
         (-1000i32..1000).prop_map(|n| Value::Double(n as f64 / 4.0)),
-        (-1000i64..1000).prop_map(|n| Value::Decimal(format!("{}.{}", n / 10, (n % 10).abs()).parse().unwrap_or_default())),
+        (-1000i64..1000).prop_map(|n| Value::Decimal(
+            format!("{}.{}", n / 10, (n % 10).abs())
+                .parse()
+                .unwrap_or_default()
+        )),
         "[a-c]{0,3}".prop_map(Value::string),
         (-10_000_000_000_000i64..10_000_000_000_000).prop_map(Value::Date),
         any::<[u8; 12]>().prop_map(|b| Value::ObjectId(ObjectId(b))),

@@ -23,7 +23,10 @@ impl Lines {
         l
     }
     fn append<S: AsRef<str>>(&self, lines: &[S]) {
-        self.lines.lock().unwrap().extend(lines.iter().map(|s| s.as_ref().to_string()));
+        self.lines
+            .lock()
+            .unwrap()
+            .extend(lines.iter().map(|s| s.as_ref().to_string()));
     }
 }
 
@@ -35,10 +38,18 @@ struct LinesSource {
 
 #[async_trait]
 impl Source for LinesSource {
-    async fn next_batch(&mut self, max: usize, max_wait: Duration) -> Result<SourceBatch, ConnectorError> {
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        max_wait: Duration,
+    ) -> Result<SourceBatch, ConnectorError> {
         let available: Vec<String> = {
             let l = self.lines.lines.lock().unwrap();
-            l[self.next.min(l.len())..].iter().take(max).cloned().collect()
+            l[self.next.min(l.len())..]
+                .iter()
+                .take(max)
+                .cloned()
+                .collect()
         };
         if available.is_empty() && !self.bounded {
             tokio::time::sleep(max_wait.min(Duration::from_millis(20))).await;
@@ -54,7 +65,10 @@ impl Source for LinesSource {
             });
         }
         let end = self.bounded && self.next >= self.lines.lines.lock().unwrap().len();
-        Ok(SourceBatch { records, end_of_input: end })
+        Ok(SourceBatch {
+            records,
+            end_of_input: end,
+        })
     }
     async fn seek(&mut self, positions: &SourcePositions) -> Result<(), ConnectorError> {
         if let Some(p) = positions.get("lines").and_then(Value::as_i64_exact) {
@@ -78,7 +92,12 @@ struct Collected {
 
 impl Collected {
     fn json(&self) -> Vec<String> {
-        self.docs.lock().unwrap().iter().map(|d| d.to_json()).collect()
+        self.docs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| d.to_json())
+            .collect()
     }
 }
 
@@ -115,11 +134,27 @@ impl ConnectorProvider for TestProvider {
     fn connector_type(&self) -> &str {
         "test"
     }
-    fn create_source(&self, _c: &ConnectorConfig, _ctx: &ConnectorContext) -> Result<Option<Box<dyn Source>>, DefinitionError> {
-        Ok(Some(Box::new(LinesSource { lines: self.lines.clone(), next: 0, bounded: self.bounded })))
+    fn create_source(
+        &self,
+        _c: &ConnectorConfig,
+        _ctx: &ConnectorContext,
+    ) -> Result<Option<Box<dyn Source>>, DefinitionError> {
+        Ok(Some(Box::new(LinesSource {
+            lines: self.lines.clone(),
+            next: 0,
+            bounded: self.bounded,
+        })))
     }
-    fn create_sink(&self, c: &ConnectorConfig, _ctx: &ConnectorContext) -> Result<Option<Box<dyn Sink>>, DefinitionError> {
-        let target = if c.str_option("name")? == Some("dlq") { &self.dlq } else { &self.out };
+    fn create_sink(
+        &self,
+        c: &ConnectorConfig,
+        _ctx: &ConnectorContext,
+    ) -> Result<Option<Box<dyn Sink>>, DefinitionError> {
+        let target = if c.str_option("name")? == Some("dlq") {
+            &self.dlq
+        } else {
+            &self.out
+        };
         Ok(Some(Box::new(CollectSink(target.clone()))))
     }
 }
@@ -135,8 +170,18 @@ fn harness(lines: &[&str], bounded: bool, out: Collected) -> Harness {
     let lines = Lines::new(lines);
     let dlq = Collected::default();
     let mut registry = ConnectorRegistry::new();
-    registry.register(Arc::new(TestProvider { lines: lines.clone(), bounded, out: out.clone(), dlq: dlq.clone() }));
-    Harness { orchestrator: StreamingPipelineOrchestrator::new(registry), lines, out, dlq }
+    registry.register(Arc::new(TestProvider {
+        lines: lines.clone(),
+        bounded,
+        out: out.clone(),
+        dlq: dlq.clone(),
+    }));
+    Harness {
+        orchestrator: StreamingPipelineOrchestrator::new(registry),
+        lines,
+        out,
+        dlq,
+    }
 }
 
 fn definition(pipeline: &str, policy: ErrorPolicyConfig) -> StreamingPipelineDefinitionBuilder {
@@ -145,7 +190,11 @@ fn definition(pipeline: &str, policy: ErrorPolicyConfig) -> StreamingPipelineDef
         .sink(ConnectorConfig::new("test"))
         .pipeline_json(pipeline)
         .unwrap()
-        .runtime(RuntimeConfig { micro_batch_size: 2, max_batch_delay: Duration::from_millis(10), ..RuntimeConfig::default() })
+        .runtime(RuntimeConfig {
+            micro_batch_size: 2,
+            max_batch_delay: Duration::from_millis(10),
+            ..RuntimeConfig::default()
+        })
         .error_policy(policy)
 }
 
@@ -154,7 +203,10 @@ fn dead_letter() -> ErrorPolicyConfig {
 }
 
 async fn finish(handle: &StreamingPipelineHandle) -> Result<RunSummary, RunError> {
-    handle.await_termination(Some(Duration::from_secs(20))).await.expect("pipeline ended in time")
+    handle
+        .await_termination(Some(Duration::from_secs(20)))
+        .await
+        .expect("pipeline ended in time")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +230,13 @@ async fn bounded_run_emits_the_final_group_table() {
     let handle = h.orchestrator.run(def).unwrap();
     let summary = finish(&handle).await.unwrap();
     assert_eq!(summary.status, PipelineStatus::Completed);
-    assert_eq!(h.out.json(), vec![r#"{"_id":"a","n":2,"total":15}"#, r#"{"_id":"b","n":1,"total":1}"#]);
+    assert_eq!(
+        h.out.json(),
+        vec![
+            r#"{"_id":"a","n":2,"total":15}"#,
+            r#"{"_id":"b","n":1,"total":1}"#
+        ]
+    );
     assert_eq!(summary.metrics.records_in, 4);
     assert_eq!(summary.metrics.documents_out, 2);
     assert_eq!(summary.metrics.stages[0].stats.documents_in, 4);
@@ -188,31 +246,79 @@ async fn bounded_run_emits_the_final_group_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_documents_go_alone_to_the_dead_letter_sink() {
-    let h = harness(&[r#"{"n": "1"}"#, r#"{"n": "abc"}"#, "{not json", r#"{"n": "3"}"#], true, Collected::default());
-    let def = definition(r#"[{"$project": {"_id": 0, "n": {"$toInt": "$n"}}}]"#, dead_letter()).build().unwrap();
+    let h = harness(
+        &[
+            r#"{"n": "1"}"#,
+            r#"{"n": "abc"}"#,
+            "{not json",
+            r#"{"n": "3"}"#,
+        ],
+        true,
+        Collected::default(),
+    );
+    let def = definition(
+        r#"[{"$project": {"_id": 0, "n": {"$toInt": "$n"}}}]"#,
+        dead_letter(),
+    )
+    .build()
+    .unwrap();
     let summary = finish(&h.orchestrator.run(def).unwrap()).await.unwrap();
     assert_eq!(h.out.json(), vec![r#"{"n":1}"#, r#"{"n":3}"#]);
     let dlq = h.dlq.docs.lock().unwrap().clone();
     assert_eq!(dlq.len(), 2);
-    assert_eq!(dlq[0].get("pipelineId").and_then(Value::as_str), Some("test-pipeline"));
-    assert_eq!(dlq[0].get("stage").and_then(Value::as_str), Some("pipeline[0] $project"));
-    assert!(dlq[0].get("error").and_then(Value::as_str).unwrap().contains("$toInt"));
+    assert_eq!(
+        dlq[0].get("pipelineId").and_then(Value::as_str),
+        Some("test-pipeline")
+    );
+    assert_eq!(
+        dlq[0].get("stage").and_then(Value::as_str),
+        Some("pipeline[0] $project")
+    );
+    assert!(dlq[0]
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap()
+        .contains("$toInt"));
     assert_eq!(dlq[0].get("document").unwrap().to_json(), r#"{"n":"abc"}"#);
-    assert_eq!(dlq[0].get("attempts").and_then(Value::as_i64_exact), Some(1));
-    assert_eq!(dlq[0].get("source").unwrap().to_json(), r#"{"partition":"lines","position":2}"#);
+    assert_eq!(
+        dlq[0].get("attempts").and_then(Value::as_i64_exact),
+        Some(1)
+    );
+    assert_eq!(
+        dlq[0].get("source").unwrap().to_json(),
+        r#"{"partition":"lines","position":2}"#
+    );
     assert!(matches!(dlq[0].get("failedAt"), Some(Value::Date(_))));
     assert_eq!(dlq[1].get("stage").and_then(Value::as_str), Some("parse"));
-    assert_eq!(dlq[1].get("document").and_then(Value::as_str), Some("{not json"));
-    assert_eq!((summary.metrics.failed, summary.metrics.dead_lettered), (2, 2));
+    assert_eq!(
+        dlq[1].get("document").and_then(Value::as_str),
+        Some("{not json")
+    );
+    assert_eq!(
+        (summary.metrics.failed, summary.metrics.dead_lettered),
+        (2, 2)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_fast_stops_at_the_first_bad_document() {
-    let h = harness(&[r#"{"n": "1"}"#, r#"{"n": "abc"}"#, r#"{"n": "3"}"#], true, Collected::default());
-    let def = definition(r#"[{"$project": {"_id": 0, "n": {"$toInt": "$n"}}}]"#, ErrorPolicyConfig::FailFast).build().unwrap();
+    let h = harness(
+        &[r#"{"n": "1"}"#, r#"{"n": "abc"}"#, r#"{"n": "3"}"#],
+        true,
+        Collected::default(),
+    );
+    let def = definition(
+        r#"[{"$project": {"_id": 0, "n": {"$toInt": "$n"}}}]"#,
+        ErrorPolicyConfig::FailFast,
+    )
+    .build()
+    .unwrap();
     let handle = h.orchestrator.run(def).unwrap();
     let err = finish(&handle).await.unwrap_err();
-    assert!(matches!(err, RunError::Document(ref m) if m.contains("pipeline[0] $project") && m.contains("position 2")), "{err}");
+    assert!(
+        matches!(err, RunError::Document(ref m) if m.contains("pipeline[0] $project") && m.contains("position 2")),
+        "{err}"
+    );
     assert!(matches!(handle.status(), PipelineStatus::Failed(_)));
 }
 
@@ -230,13 +336,21 @@ async fn transient_stage_failures_are_retried_then_succeed() {
         Ok(args[0].clone())
     });
     let retry = ErrorPolicyConfig::Retry {
-        retry: RetryConfig { max_attempts: 3, initial_delay: Duration::from_millis(1), jitter: 0.0, ..RetryConfig::default() },
+        retry: RetryConfig {
+            max_attempts: 3,
+            initial_delay: Duration::from_millis(1),
+            jitter: 0.0,
+            ..RetryConfig::default()
+        },
         then: Box::new(dead_letter()),
     };
-    let def = definition(r#"[{"$set": {"y": {"$function": {"name": "flaky", "args": ["$x"]}}}}]"#, retry)
-        .functions(Arc::new(functions))
-        .build()
-        .unwrap();
+    let def = definition(
+        r#"[{"$set": {"y": {"$function": {"name": "flaky", "args": ["$x"]}}}}]"#,
+        retry,
+    )
+    .functions(Arc::new(functions))
+    .build()
+    .unwrap();
     let summary = finish(&h.orchestrator.run(def).unwrap()).await.unwrap();
     assert_eq!(h.out.json(), vec![r#"{"x":1,"y":1}"#, r#"{"x":2,"y":2}"#]);
     assert_eq!(summary.metrics.retries, 2);
@@ -245,10 +359,18 @@ async fn transient_stage_failures_are_retried_then_succeed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_sink_failures_are_retried_without_loss() {
-    let out = Collected { fail_first: Arc::new(AtomicUsize::new(3)), ..Collected::default() };
+    let out = Collected {
+        fail_first: Arc::new(AtomicUsize::new(3)),
+        ..Collected::default()
+    };
     let h = harness(&[r#"{"a": 1}"#, r#"{"a": 2}"#, r#"{"a": 3}"#], true, out);
     let retry = ErrorPolicyConfig::Retry {
-        retry: RetryConfig { max_attempts: 5, initial_delay: Duration::from_millis(1), jitter: 0.0, ..RetryConfig::default() },
+        retry: RetryConfig {
+            max_attempts: 5,
+            initial_delay: Duration::from_millis(1),
+            jitter: 0.0,
+            ..RetryConfig::default()
+        },
         then: Box::new(ErrorPolicyConfig::FailFast),
     };
     let def = definition("[]", retry).build().unwrap();
@@ -259,10 +381,18 @@ async fn transient_sink_failures_are_retried_without_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_outage_beyond_retries_fails_the_pipeline() {
-    let out = Collected { fail_first: Arc::new(AtomicUsize::new(100)), ..Collected::default() };
+    let out = Collected {
+        fail_first: Arc::new(AtomicUsize::new(100)),
+        ..Collected::default()
+    };
     let h = harness(&[r#"{"a": 1}"#], true, out);
     let retry = ErrorPolicyConfig::Retry {
-        retry: RetryConfig { max_attempts: 2, initial_delay: Duration::from_millis(1), jitter: 0.0, ..RetryConfig::default() },
+        retry: RetryConfig {
+            max_attempts: 2,
+            initial_delay: Duration::from_millis(1),
+            jitter: 0.0,
+            ..RetryConfig::default()
+        },
         then: Box::new(ErrorPolicyConfig::FailFast),
     };
     let def = definition("[]", retry).build().unwrap();
@@ -272,12 +402,24 @@ async fn sink_outage_beyond_retries_fails_the_pipeline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_checkpoints_and_a_restart_resumes_without_loss_or_duplicates() {
-    let h = harness(&[r#"{"i": 1}"#, r#"{"i": 2}"#, r#"{"i": 3}"#], false, Collected::default());
-    let def = definition(r#"[{"$project": {"_id": 0, "i": 1}}]"#, ErrorPolicyConfig::FailFast).build().unwrap();
+    let h = harness(
+        &[r#"{"i": 1}"#, r#"{"i": 2}"#, r#"{"i": 3}"#],
+        false,
+        Collected::default(),
+    );
+    let def = definition(
+        r#"[{"$project": {"_id": 0, "i": 1}}]"#,
+        ErrorPolicyConfig::FailFast,
+    )
+    .build()
+    .unwrap();
     let handle = h.orchestrator.run(def.clone()).unwrap();
     wait_for(|| h.out.json().len() == 3).await;
     handle.stop();
-    assert_eq!(finish(&handle).await.unwrap().status, PipelineStatus::Stopped);
+    assert_eq!(
+        finish(&handle).await.unwrap().status,
+        PipelineStatus::Stopped
+    );
 
     h.lines.append(&[r#"{"i": 4}"#, r#"{"i": 5}"#]);
     let handle = h.orchestrator.run(def.clone()).unwrap();
@@ -285,10 +427,18 @@ async fn stop_checkpoints_and_a_restart_resumes_without_loss_or_duplicates() {
     handle.stop();
     finish(&handle).await.unwrap();
     let got: Vec<String> = h.out.json();
-    assert_eq!(got, (1..=5).map(|i| format!(r#"{{"i":{i}}}"#)).collect::<Vec<_>>());
+    assert_eq!(
+        got,
+        (1..=5)
+            .map(|i| format!(r#"{{"i":{i}}}"#))
+            .collect::<Vec<_>>()
+    );
 
     // --reset ignores the checkpoint: everything is read again.
-    let handle = h.orchestrator.run_with(def, RunOptions { reset: true }).unwrap();
+    let handle = h
+        .orchestrator
+        .run_with(def, RunOptions { reset: true })
+        .unwrap();
     wait_for(|| h.out.json().len() == 10).await;
     handle.stop();
     finish(&handle).await.unwrap();
@@ -297,10 +447,16 @@ async fn stop_checkpoints_and_a_restart_resumes_without_loss_or_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_stages_are_rejected_on_unbounded_input() {
     let h = harness(&[], false, Collected::default());
-    let def = definition(r#"[{"$sort": {"a": 1}}]"#, ErrorPolicyConfig::FailFast).build().unwrap();
+    let def = definition(r#"[{"$sort": {"a": 1}}]"#, ErrorPolicyConfig::FailFast)
+        .build()
+        .unwrap();
     let err = h.orchestrator.run(def).unwrap_err();
     assert_eq!(err.path, "pipeline");
-    assert!(err.message.contains("pipeline[0]: $sort needs the whole input"), "{err}");
+    assert!(
+        err.message
+            .contains("pipeline[0]: $sort needs the whole input"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,12 +468,19 @@ async fn unknown_connector_types_are_named() {
     .unwrap();
     let err = h.orchestrator.run(def).unwrap_err();
     assert_eq!(err.path, "source.type");
-    assert!(err.message.contains("unknown connector type 'kafkaa' (available: test"), "{err}");
+    assert!(
+        err.message
+            .contains("unknown connector type 'kafkaa' (available: test"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_sink_bounds_what_is_in_flight() {
-    let out = Collected { delay: Duration::from_millis(20), ..Collected::default() };
+    let out = Collected {
+        delay: Duration::from_millis(20),
+        ..Collected::default()
+    };
     let lines: Vec<String> = (0..2000).map(|i| format!(r#"{{"i": {i}}}"#)).collect();
     let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let h = harness(&lines, false, out);
@@ -341,8 +504,14 @@ async fn a_slow_sink_bounds_what_is_in_flight() {
     handle.stop();
     finish(&handle).await.unwrap();
     // Two queues of two batches, plus one batch in each of the three tasks.
-    assert!(max_in_flight <= (2 + 2 + 3) * 10, "in flight: {max_in_flight}");
-    assert!(h.out.json().len() < 2000, "the slow sink should not have kept up");
+    assert!(
+        max_in_flight <= (2 + 2 + 3) * 10,
+        "in flight: {max_in_flight}"
+    );
+    assert!(
+        h.out.json().len() < 2000,
+        "the slow sink should not have kept up"
+    );
 }
 
 async fn wait_for(cond: impl Fn() -> bool) {

@@ -1,1 +1,90 @@
-//! x
+//! State stores for SrotaX streaming pipelines.
+//!
+//! A pipeline stores two things in its state store (the
+//! [`StateStore`](stream_core::streaming::StateStore) contract of `stream-core`):
+//! **checkpoints** — source positions plus operator state, saved together after the sink
+//! acknowledged a batch — and **keyed entries** (`get`/`put`/`delete`/`scan`, with
+//! optional TTL). This crate holds the backends; a definition picks one with
+//! `"state": {"type": ..., "options": {...}}` and [`register_builtin`] makes them known to
+//! an orchestrator.
+//!
+//! | `type`   | module     | cargo feature      | survives                          |
+//! | -------- | ---------- | ------------------ | --------------------------------- |
+//! | `memory` | [`memory`] | always             | nothing (process lifetime)        |
+//! | `file`   | `file`     | `file` (default)   | `kill -9` and power loss          |
+//!
+//! Redis and SQL backends (state shared by several processes) will come as further
+//! modules behind their own features (`redis`, `sql`): each backend is one module with a
+//! store implementing `StateStore` and a `StateStoreProvider` for its `type`, and
+//! [`register_builtin`] registers the provider of every enabled feature.
+//!
+//! # The file backend
+//!
+//! One directory per store (`"options": {"path": "./state"}`):
+//!
+//! ```text
+//! state/
+//!   LOCK                          OS lock held by the owning process (records its PID)
+//!   keyed.log                     keyed entries: append-only log of put/delete records
+//!   <pipeline>.checkpoint         latest checkpoint of a pipeline
+//!   <pipeline>.checkpoint.prev    the checkpoint before it
+//!   *.tmp                         writes in progress (removed at open)
+//! ```
+//!
+//! **Checkpoints** are written as a temp file, fsynced, then renamed into place
+//! (`.checkpoint` → `.checkpoint.prev`, temp → `.checkpoint`) and the directory is
+//! fsynced. Whenever a crash happens, a complete checkpoint is on disk: the new one, or
+//! the previous one. Each file carries a length and a CRC-32 of its contents; a damaged or
+//! truncated file makes `load_checkpoint` fail with
+//! [`StateError::Corrupt`](stream_core::streaming::StateError::Corrupt) naming the file
+//! (never an empty or silently older state), and the message says whether `.prev` is
+//! intact.
+//!
+//! **Keyed entries** are kept in memory (a sorted map, so `scan` by prefix is a range
+//! read) and appended to `keyed.log` as records with a length, a CRC-32, the key, the value
+//! and the expiry time. Opening the store replays the log. A record cut short by a crash
+//! at the end of the log is cut off (the expected crash case); damage followed by valid
+//! records is an error naming the file and byte offset. When the log is larger than twice
+//! its live entries and at least `compactionMinBytes` (8 MiB by default), it is rewritten
+//! with only the live entries (temp + fsync + rename + fsync of the directory), at open and
+//! after checkpoints.
+//!
+//! **TTL**: expiry times are wall-clock (epoch milliseconds), so they hold across
+//! restarts. Expired keys are never returned, are dropped from memory at the next write,
+//! and from disk at the next compaction.
+//!
+//! **Durability timing**: puts and deletes are buffered and become durable when a
+//! checkpoint is saved (the log is fsynced before the checkpoint file is written), when
+//! [`FileStateStore::sync`](file::FileStateStore::sync) is called, and on a clean close. A
+//! checkpoint on disk therefore always finds every keyed write made before it; writes made
+//! after the last checkpoint may be lost by a crash (the pipeline replays their input).
+//!
+//! **Concurrency**: a store is `Send + Sync` (a mutex inside). Checkpoint writes and log
+//! fsyncs run on tokio's blocking pool (when called inside a tokio runtime) and outside the
+//! mutex that reads take; compaction holds it. One process owns a directory at a time: a
+//! second one fails with an error naming the directory. The lock is an OS file lock, so it
+//! is released when the owner exits, however it exits.
+//!
+//! See `docs/state.md` for the user-facing description (options, guarantees, what to do
+//! with a damaged file).
+
+#![warn(missing_docs)]
+
+#[cfg(feature = "file")]
+pub mod file;
+pub mod memory;
+
+#[cfg(feature = "file")]
+pub use file::{FileStateStore, FileStateStoreOptions, FileStateStoreProvider, FileStoreError};
+
+use stream_core::streaming::StreamingPipelineOrchestrator;
+
+/// Registers every backend compiled into this crate with `orchestrator` (the `memory`
+/// store is registered by the orchestrator itself). Call it once per orchestrator: the
+/// `file` provider shares an open directory between that orchestrator's pipelines.
+pub fn register_builtin(orchestrator: &mut StreamingPipelineOrchestrator) {
+    #[cfg(feature = "file")]
+    orchestrator.register_state_store(std::sync::Arc::new(file::FileStateStoreProvider::new()));
+    #[cfg(not(feature = "file"))]
+    let _ = orchestrator;
+}

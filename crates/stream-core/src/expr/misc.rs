@@ -1,6 +1,8 @@
 //! `$literal`, `$let` and `$function`.
 
-use super::{compile_args, compile_expr, named_args, CompileCtx, CompileFn, Ctx, Expr, Operator, VarId};
+use super::{
+    compile_args, compile_expr, named_args, CompileCtx, CompileFn, Ctx, Expr, Operator, VarId,
+};
 use crate::error::{path_key, CompileError, EvalError};
 use crate::functions::UserFunction;
 use crate::value::Value;
@@ -37,7 +39,12 @@ impl Operator for Let {
     }
 }
 
-fn bind_all<'a>(ctx: &Ctx<'_>, vars: &[(VarId, Expr)], values: &[Value], body: &Expr) -> Result<Cow<'a, Value>, EvalError> {
+fn bind_all<'a>(
+    ctx: &Ctx<'_>,
+    vars: &[(VarId, Expr)],
+    values: &[Value],
+    body: &Expr,
+) -> Result<Cow<'a, Value>, EvalError> {
     match (vars.split_first(), values.split_first()) {
         (Some(((id, _), rest_vars)), Some((v, rest_vals))) => {
             ctx.with_var(*id, v, |inner| bind_all(inner, rest_vars, rest_vals, body))
@@ -49,7 +56,10 @@ fn bind_all<'a>(ctx: &Ctx<'_>, vars: &[(VarId, Expr)], values: &[Value], body: &
 fn compile_let(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, CompileError> {
     let a = named_args("$let", args, &["vars", "in"], &[], path)?;
     let Value::Document(vars) = a["vars"] else {
-        return Err(CompileError::new(path_key(path, "vars"), "$let: 'vars' must be an object"));
+        return Err(CompileError::new(
+            path_key(path, "vars"),
+            "$let: 'vars' must be an object",
+        ));
     };
     let vars_path = path_key(path, "vars");
     let mut compiled = Vec::with_capacity(vars.len());
@@ -69,7 +79,10 @@ fn compile_let(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, Co
     }
     let body = compile_expr(a["in"], &path_key(path, "in"), cx);
     cx.unbind(bound.len());
-    Ok(Expr::Op(Arc::new(Let { vars: bound, body: body? })))
+    Ok(Expr::Op(Arc::new(Let {
+        vars: bound,
+        body: body?,
+    })))
 }
 
 struct Function {
@@ -80,7 +93,10 @@ struct Function {
 
 impl fmt::Debug for Function {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("$function").field("name", &self.name).field("args", &self.args).finish()
+        f.debug_struct("$function")
+            .field("name", &self.name)
+            .field("args", &self.args)
+            .finish()
     }
 }
 
@@ -89,7 +105,15 @@ impl Operator for Function {
         let args = self
             .args
             .iter()
-            .map(|a| a.eval(ctx).map(|v| if v.is_missing() { Value::Null } else { v.into_owned() }))
+            .map(|a| {
+                a.eval(ctx).map(|v| {
+                    if v.is_missing() {
+                        Value::Null
+                    } else {
+                        v.into_owned()
+                    }
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         (self.f)(&args).map(Cow::Owned).map_err(|e| {
             let message = format!("$function '{}': {}", self.name, e.message);
@@ -105,7 +129,13 @@ impl Operator for Function {
 /// `{"$function": {"name": "f", "args": [...]}}`; `body` is accepted as an alias of
 /// `name` and `lang` is ignored, so MongoDB-shaped definitions port with one edit.
 fn compile_function(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, CompileError> {
-    let a = named_args("$function", args, &["args"], &["name", "body", "lang"], path)?;
+    let a = named_args(
+        "$function",
+        args,
+        &["args"],
+        &["name", "body", "lang"],
+        path,
+    )?;
     let name = a
         .get("name")
         .or_else(|| a.get("body"))
@@ -120,6 +150,17 @@ fn compile_function(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Exp
             format!("$function: no function registered under '{name}' (registered: [{known}])"),
         )
     })?;
-    let fn_args = compile_args("$function", a["args"], 0, usize::MAX, &path_key(path, "args"), cx)?;
-    Ok(Expr::Op(Arc::new(Function { name: name.to_string(), f, args: fn_args })))
+    let fn_args = compile_args(
+        "$function",
+        a["args"],
+        0,
+        usize::MAX,
+        &path_key(path, "args"),
+        cx,
+    )?;
+    Ok(Expr::Op(Arc::new(Function {
+        name: name.to_string(),
+        f,
+        args: fn_args,
+    })))
 }

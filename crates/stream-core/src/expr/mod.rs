@@ -330,7 +330,8 @@ fn validate_var_name(name: &str, path: &str) -> Result<(), CompileError> {
 }
 
 /// Compiles an operator's arguments at `path` into an expression.
-pub type CompileFn = fn(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, CompileError>;
+pub type CompileFn =
+    fn(args: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, CompileError>;
 
 fn operator_table() -> &'static HashMap<&'static str, CompileFn> {
     static TABLE: OnceLock<HashMap<&'static str, CompileFn>> = OnceLock::new();
@@ -457,7 +458,10 @@ pub fn compile_object(d: &Document, path: &str, cx: &mut CompileCtx) -> Result<E
 /// Splits `a.b.c` (without the `$`) into segments, rejecting empty ones.
 pub fn parse_field_path(s: &str, path: &str) -> Result<Arc<[Str]>, CompileError> {
     if s.is_empty() {
-        return Err(CompileError::new(path, "'$' by itself is not a valid field path"));
+        return Err(CompileError::new(
+            path,
+            "'$' by itself is not a valid field path",
+        ));
     }
     let mut segs = Vec::new();
     for seg in s.split('.') {
@@ -493,7 +497,9 @@ fn compile_variable(s: &str, path: &str, cx: &mut CompileCtx) -> Result<Expr, Co
         "NOW" => Variable::Now,
         "REMOVE" => return Ok(Expr::Literal(Value::Missing)),
         // $redact's decisions are compiled to marker strings the stage recognises.
-        "DESCEND" | "PRUNE" | "KEEP" => return Ok(Expr::Literal(Value::string(format!("$${name}")))),
+        "DESCEND" | "PRUNE" | "KEEP" => {
+            return Ok(Expr::Literal(Value::string(format!("$${name}"))))
+        }
         _ => match cx.lookup(name) {
             Some(id) => Variable::User(id),
             None => {
@@ -539,10 +545,7 @@ pub fn compile_args(
         };
         return Err(CompileError::new(
             path,
-            format!(
-                "{name} takes {expected} argument(s), found {}",
-                list.len()
-            ),
+            format!("{name} takes {expected} argument(s), found {}", list.len()),
         ));
     }
     list.into_iter()
@@ -570,7 +573,10 @@ pub fn named_args<'v>(
     let Value::Document(d) = args else {
         return Err(CompileError::new(
             path,
-            format!("{name} expects an object argument, found {}", args.type_name()),
+            format!(
+                "{name} expects an object argument, found {}",
+                args.type_name()
+            ),
         ));
     };
     let mut out = HashMap::new();

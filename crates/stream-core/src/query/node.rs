@@ -330,6 +330,15 @@ impl Node {
             Node::Const(b) => Ok(*b),
             Node::Expr(e) => Ok(e.eval(ctx)?.is_truthy()),
             Node::Leaf { path, mode, test } => {
+                // Fast path for the most common filter, a top-level field compared with a
+                // constant: without an array to traverse, the value is tested directly.
+                if let (Subject::Doc(d), [only], Test::Cmp(op, rhs)) = (subject, &path[..], test) {
+                    match d.get(&only.name) {
+                        Some(Value::Array(_)) => {}
+                        Some(v) => return Ok(cmp_matches(*op, v, rhs)),
+                        None => return Ok(cmp_matches(*op, &MISSING, rhs)),
+                    }
+                }
                 let mut err = None;
                 let mut f = |v: &Value| match test.matches(v, ctx) {
                     Ok(b) => b,

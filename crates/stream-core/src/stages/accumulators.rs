@@ -19,10 +19,10 @@ use crate::error::{path_key, CompileError, EvalError};
 use crate::expr::{
     compile_expr, doc_path, named_args, parse_field_path, CompileCtx, Ctx, Env, Expr,
 };
-use crate::value::{compare_values, Decimal128, Document, HashableValue, Str, Value};
+use crate::value::{compare_values, Decimal128, Document, HashableValue, Str, Value, ValueHashSet};
 use std::borrow::Cow;
 use std::cmp::Ordering;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
@@ -38,6 +38,18 @@ pub trait Accumulator: Send + fmt::Debug {
     /// Adds an input produced by [`AccumulatorSpec::eval_input`] for this accumulator
     /// (two-phase update; cannot fail). Only called when `eval_input` returned `Some`.
     fn add_input(&mut self, _input: Cow<'_, Value>) {}
+
+    /// The state as a value for a checkpoint, or `None` when it cannot be exported.
+    fn save_state(&self) -> Option<Value> {
+        None
+    }
+
+    /// Restores a state produced by [`Accumulator::save_state`] of the same accumulator.
+    fn restore_state(&mut self, _state: &Value) -> Result<(), EvalError> {
+        Err(EvalError::new(
+            "this accumulator cannot restore checkpointed state",
+        ))
+    }
 }
 
 /// A compiled accumulator: creates fresh per-group state.
@@ -249,6 +261,30 @@ trait Fold: Clone + Send + Sync + fmt::Debug + 'static {
     fn needs_init(&self) -> bool {
         false
     }
+    /// The state for a checkpoint.
+    fn save(&self) -> Value;
+    /// Restores [`Fold::save`]; `None` when the value is not a valid state.
+    fn load(&mut self, v: &Value) -> Option<()>;
+}
+
+/// `Some(v)` as `[v]`, `None` as `[]` (checkpoints cannot hold a bare missing value).
+fn save_opt(v: &Option<Value>) -> Value {
+    Value::Array(v.iter().cloned().collect())
+}
+
+fn load_opt(v: &Value) -> Option<Option<Value>> {
+    match v.as_array()? {
+        [] => Some(None),
+        [x] => Some(Some(x.clone())),
+        _ => None,
+    }
+}
+
+fn load_f64(v: &Value) -> Option<f64> {
+    match v {
+        Value::Double(x) => Some(*x),
+        _ => None,
+    }
 }
 
 #[derive(Debug)]
@@ -283,6 +319,26 @@ impl<F: Fold> Accumulator for State<F> {
         if self.pending.is_none() {
             self.fold.add(input);
         }
+    }
+
+    fn save_state(&self) -> Option<Value> {
+        match self.pending {
+            Some(_) => None,
+            None => Some(self.fold.save()),
+        }
+    }
+
+    fn restore_state(&mut self, state: &Value) -> Result<(), EvalError> {
+        let mut fold = self.fold.clone();
+        fold.load(state).ok_or_else(|| {
+            EvalError::new(format!(
+                "invalid checkpointed accumulator state {}",
+                state.to_json()
+            ))
+        })?;
+        self.fold = fold;
+        self.pending = None;
+        Ok(())
     }
 }
 
@@ -540,6 +596,40 @@ impl Fold for SumFold {
             NumType::Decimal => Value::Decimal(self.decimal + self.total.get_decimal()),
         }
     }
+
+    fn save(&self) -> Value {
+        Value::Array(vec![
+            Value::Int32(self.ty as i32),
+            Value::Double(self.total.sum),
+            Value::Double(self.total.addend),
+            Value::Double(self.total.special),
+            Value::Decimal(self.decimal),
+            Value::Int64(self.count),
+        ])
+    }
+
+    fn load(&mut self, v: &Value) -> Option<()> {
+        let [ty, sum, addend, special, Value::Decimal(decimal), Value::Int64(count)] =
+            v.as_array()?
+        else {
+            return None;
+        };
+        self.ty = match ty {
+            Value::Int32(0) => NumType::Int,
+            Value::Int32(1) => NumType::Long,
+            Value::Int32(2) => NumType::Double,
+            Value::Int32(3) => NumType::Decimal,
+            _ => return None,
+        };
+        self.total = DoubleDouble {
+            sum: load_f64(sum)?,
+            addend: load_f64(addend)?,
+            special: load_f64(special)?,
+        };
+        self.decimal = *decimal;
+        self.count = *count;
+        Some(())
+    }
 }
 
 fn compile_sum(
@@ -626,6 +716,22 @@ impl Fold for StdDevFold {
         }
         Value::Double((self.m2 / n as f64).sqrt())
     }
+
+    fn save(&self) -> Value {
+        Value::Array(vec![
+            Value::Int64(self.count),
+            Value::Double(self.mean),
+            Value::Double(self.m2),
+        ])
+    }
+
+    fn load(&mut self, v: &Value) -> Option<()> {
+        let [Value::Int64(count), mean, m2] = v.as_array()? else {
+            return None;
+        };
+        (self.count, self.mean, self.m2) = (*count, load_f64(mean)?, load_f64(m2)?);
+        Some(())
+    }
 }
 
 fn compile_std_dev(
@@ -676,6 +782,15 @@ impl Fold for MinMaxFold {
 
     fn value(&self) -> Value {
         self.val.clone().unwrap_or(Value::Null)
+    }
+
+    fn save(&self) -> Value {
+        save_opt(&self.val)
+    }
+
+    fn load(&mut self, v: &Value) -> Option<()> {
+        self.val = load_opt(v)?;
+        Some(())
     }
 }
 
@@ -731,6 +846,15 @@ impl Fold for FirstLastFold {
     fn value(&self) -> Value {
         self.val.clone().unwrap_or(Value::Null)
     }
+
+    fn save(&self) -> Value {
+        save_opt(&self.val)
+    }
+
+    fn load(&mut self, v: &Value) -> Option<()> {
+        self.val = load_opt(v)?;
+        Some(())
+    }
 }
 
 fn compile_first(
@@ -778,6 +902,15 @@ impl Fold for PushFold {
     fn value(&self) -> Value {
         Value::Array(self.0.clone())
     }
+
+    fn save(&self) -> Value {
+        self.value()
+    }
+
+    fn load(&mut self, v: &Value) -> Option<()> {
+        self.0 = v.as_array()?.to_vec();
+        Some(())
+    }
 }
 
 fn compile_push(
@@ -796,7 +929,7 @@ fn compile_push(
 /// Distinct values (MongoDB equality: `1` and `1.0` are the same) in first-seen order.
 #[derive(Clone, Debug, Default)]
 struct AddToSetFold {
-    seen: HashSet<HashableValue>,
+    seen: ValueHashSet,
     items: Vec<Value>,
 }
 
@@ -814,6 +947,16 @@ impl Fold for AddToSetFold {
 
     fn value(&self) -> Value {
         Value::Array(self.items.clone())
+    }
+
+    fn save(&self) -> Value {
+        self.value()
+    }
+
+    fn load(&mut self, v: &Value) -> Option<()> {
+        self.items = v.as_array()?.to_vec();
+        self.seen = self.items.iter().cloned().map(HashableValue).collect();
+        Some(())
     }
 }
 
@@ -852,6 +995,15 @@ impl Fold for MergeFold {
 
     fn value(&self) -> Value {
         Value::Document(self.0.clone())
+    }
+
+    fn save(&self) -> Value {
+        self.value()
+    }
+
+    fn load(&mut self, v: &Value) -> Option<()> {
+        self.0 = v.as_document()?.clone();
+        Some(())
     }
 }
 
@@ -906,6 +1058,16 @@ impl NCount {
         }
     }
 
+    fn save(&self) -> Value {
+        Value::Int64(i64::try_from(self.n).unwrap_or(i64::MAX))
+    }
+
+    fn load(&mut self, v: &Value) -> Option<()> {
+        let Value::Int64(n) = v else { return None };
+        self.n = usize::try_from(*n).ok()?;
+        Some(())
+    }
+
     fn init(&mut self, key: &Document, env: &Env) -> Result<(), EvalError> {
         if let Some(e) = &self.expr {
             let v = e.eval(&Ctx::new(key, env))?;
@@ -952,6 +1114,19 @@ impl Fold for FirstLastNFold {
 
     fn value(&self) -> Value {
         Value::Array(self.items.iter().cloned().collect())
+    }
+
+    fn save(&self) -> Value {
+        Value::Array(vec![self.n.save(), self.value()])
+    }
+
+    fn load(&mut self, v: &Value) -> Option<()> {
+        let [n, Value::Array(items)] = v.as_array()? else {
+            return None;
+        };
+        self.n.load(n)?;
+        self.items = items.iter().cloned().collect();
+        Some(())
     }
 
     fn init(&mut self, key: &Document, env: &Env) -> Result<(), EvalError> {
@@ -1005,6 +1180,19 @@ impl Fold for MinMaxNFold {
         } else {
             Value::Array(self.items.clone())
         }
+    }
+
+    fn save(&self) -> Value {
+        Value::Array(vec![self.n.save(), Value::Array(self.items.clone())])
+    }
+
+    fn load(&mut self, v: &Value) -> Option<()> {
+        let [n, Value::Array(items)] = v.as_array()? else {
+            return None;
+        };
+        self.n.load(n)?;
+        self.items = items.clone();
+        Some(())
     }
 
     fn init(&mut self, key: &Document, env: &Env) -> Result<(), EvalError> {
@@ -1131,6 +1319,31 @@ impl Fold for TopBottomFold {
                 .unwrap_or(Value::Null);
         }
         Value::Array(self.items.iter().map(|(_, v)| v.clone()).collect())
+    }
+
+    fn save(&self) -> Value {
+        let items = self
+            .items
+            .iter()
+            .map(|(k, v)| Value::Array(vec![Value::Array(k.clone()), v.clone()]))
+            .collect();
+        Value::Array(vec![self.n.save(), Value::Array(items)])
+    }
+
+    fn load(&mut self, v: &Value) -> Option<()> {
+        let [n, Value::Array(items)] = v.as_array()? else {
+            return None;
+        };
+        self.n.load(n)?;
+        let mut loaded = Vec::with_capacity(items.len());
+        for item in items {
+            let [Value::Array(k), out] = item.as_array()? else {
+                return None;
+            };
+            loaded.push((k.clone(), out.clone()));
+        }
+        self.items = loaded;
+        Some(())
     }
 
     fn init(&mut self, key: &Document, env: &Env) -> Result<(), EvalError> {

@@ -11,8 +11,8 @@
 //! preferred-number series. Accumulators see each bucket's documents in `groupBy` order
 //! (ties in input order).
 
-use super::group::{is_path_or_operator, OutputFields};
-use super::{Stage, StageCompileFn};
+use super::group::{invalid_state, is_path_or_operator, OutputFields};
+use super::{Stage, StageCompileFn, StageState};
 use crate::error::{path_index, path_key, CompileError, EvalError};
 use crate::expr::{compile_expr, CompileCtx, Ctx, Env, Expr};
 use crate::value::{canonical_rank, compare_values, Decimal128, Document, Number, Value};
@@ -203,6 +203,37 @@ impl Stage for Bucket {
 
     fn fresh(&self) -> Box<dyn Stage> {
         Box::new(Bucket::new(Arc::clone(&self.config)))
+    }
+
+    /// One entry per bucket (the default bucket last): null, or its accumulator states.
+    fn checkpoint_state(&self) -> Result<StageState, EvalError> {
+        let mut slots = Vec::with_capacity(self.rows.len());
+        for row in &self.rows {
+            match row {
+                None => slots.push(Value::Null),
+                Some(row) => match OutputFields::save_row(row) {
+                    Some(states) => slots.push(states),
+                    None => return Ok(StageState::Unsupported),
+                },
+            }
+        }
+        Ok(StageState::State(Value::Array(slots)))
+    }
+
+    fn restore_state(&mut self, state: &Value) -> Result<(), EvalError> {
+        let slots = state
+            .as_array()
+            .filter(|s| s.len() == self.rows.len())
+            .ok_or_else(|| invalid_state("$bucket", state))?;
+        let mut rows = Vec::with_capacity(slots.len());
+        for slot in slots {
+            rows.push(match slot {
+                Value::Null => None,
+                states => Some(self.config.fields.restore_row("$bucket", states)?),
+            });
+        }
+        self.rows = rows;
+        Ok(())
     }
 
     fn is_blocking(&self) -> bool {
@@ -572,8 +603,9 @@ impl Stage for BucketAuto {
         let inputs: Vec<Option<Value>> = config
             .fields
             .eval_inputs(&ctx)?
-            .into_iter()
-            .map(|i| i.map(Cow::into_owned))
+            .as_mut_slice()
+            .iter_mut()
+            .map(|i| i.take().map(Cow::into_owned))
             .collect();
         let keep_doc = inputs.iter().any(Option::is_none);
         self.entries.push(Entry {
@@ -647,6 +679,65 @@ impl Stage for BucketAuto {
             start = end;
         }
         result
+    }
+
+    /// `[[key, [input per accumulator], document or null], ...]` in input order, where an
+    /// input is `[value]`, `[]` for a missing value, or null when the accumulator reads the
+    /// document itself.
+    fn checkpoint_state(&self) -> Result<StageState, EvalError> {
+        let entries = self
+            .entries
+            .iter()
+            .map(|e| {
+                let inputs = e
+                    .inputs
+                    .iter()
+                    .map(|i| match i {
+                        None => Value::Null,
+                        Some(Value::Missing) => Value::Array(Vec::new()),
+                        Some(v) => Value::Array(vec![v.clone()]),
+                    })
+                    .collect();
+                let doc = e.doc.clone().map(Value::Document).unwrap_or(Value::Null);
+                Value::Array(vec![e.key.clone(), Value::Array(inputs), doc])
+            })
+            .collect();
+        Ok(StageState::State(Value::Array(entries)))
+    }
+
+    fn restore_state(&mut self, state: &Value) -> Result<(), EvalError> {
+        let invalid = |v: &Value| invalid_state("$bucketAuto", v);
+        let items = state.as_array().ok_or_else(|| invalid(state))?;
+        let mut entries = Vec::with_capacity(items.len());
+        for item in items {
+            let Some([key, Value::Array(inputs), doc]) = item.as_array() else {
+                return Err(invalid(item));
+            };
+            if inputs.len() != self.config.fields.specs.len() {
+                return Err(invalid(item));
+            }
+            let inputs = inputs
+                .iter()
+                .map(|i| match i {
+                    Value::Null => Ok(None),
+                    Value::Array(a) if a.is_empty() => Ok(Some(Value::Missing)),
+                    Value::Array(a) if a.len() == 1 => Ok(Some(a[0].clone())),
+                    _ => Err(invalid(item)),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let doc = match doc {
+                Value::Null => None,
+                Value::Document(d) => Some(d.clone()),
+                _ => return Err(invalid(item)),
+            };
+            entries.push(Entry {
+                key: key.clone(),
+                inputs,
+                doc,
+            });
+        }
+        self.entries = entries;
+        Ok(())
     }
 
     fn fresh(&self) -> Box<dyn Stage> {
@@ -772,4 +863,91 @@ fn compile_bucket_auto(
         }),
         entries: Vec::new(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::{parse_document, parse_value, ExtJsonMode};
+
+    /// Output of `stage` over `docs`, uninterrupted and with a checkpoint after `split`.
+    fn round_trip(stage: &str, docs: &[&str], split: usize) -> (Vec<String>, Vec<String>) {
+        let spec = parse_value(stage).unwrap();
+        let d = spec.as_document().unwrap();
+        let (name, arg) = d.iter().next().unwrap();
+        let compile = STAGES.iter().find(|(n, _)| n == name).unwrap().1;
+        let proto = compile(arg, "p", &mut CompileCtx::default()).unwrap();
+        let env = Env { now: 0 };
+        let docs: Vec<Document> = docs.iter().map(|d| parse_document(d).unwrap()).collect();
+        let show = |out: Vec<Document>| -> Vec<String> {
+            out.iter()
+                .map(|d| d.to_json_mode(ExtJsonMode::Canonical))
+                .collect()
+        };
+        let mut out = Vec::new();
+        let mut whole = proto.fresh();
+        for d in &docs {
+            whole.process(d.clone(), &env, &mut out).unwrap();
+        }
+        whole.finish(&env, &mut out).unwrap();
+        let expected = show(std::mem::take(&mut out));
+        let mut first = proto.fresh();
+        for d in &docs[..split] {
+            first.process(d.clone(), &env, &mut out).unwrap();
+        }
+        let StageState::State(state) = first.checkpoint_state().unwrap() else {
+            panic!("no state")
+        };
+        let mut second = proto.fresh();
+        second
+            .restore_state(&parse_value(&state.to_json_mode(ExtJsonMode::Canonical)).unwrap())
+            .unwrap();
+        for d in &docs[split..] {
+            second.process(d.clone(), &env, &mut out).unwrap();
+        }
+        second.finish(&env, &mut out).unwrap();
+        (expected, show(out))
+    }
+
+    #[test]
+    fn bucket_stages_checkpoint() {
+        let docs = [
+            r#"{"v": 3, "p": 1.5}"#,
+            r#"{"v": 12}"#,
+            r#"{"p": 2}"#,
+            r#"{"v": 7, "p": {"$numberLong": "4"}}"#,
+            r#"{"v": 3}"#,
+        ];
+        let stages = [
+            r#"{"$bucket": {"groupBy": "$v", "boundaries": [0, 5, 10], "default": "other", "output": {"n": {"$sum": 1}, "p": {"$push": "$p"}}}}"#,
+            r#"{"$bucketAuto": {"groupBy": "$v", "buckets": 2, "output": {"n": {"$sum": 1}, "p": {"$push": "$p"}}}}"#,
+        ];
+        for stage in stages {
+            for split in 0..=docs.len() {
+                let (expected, restored) = round_trip(stage, &docs, split);
+                assert_eq!(expected, restored, "{stage} split at {split}");
+            }
+        }
+    }
+
+    #[test]
+    fn granularity_rounding_follows_the_series() {
+        let r = |g: Granularity, v: Value| (g.round_up(&v).to_json(), g.round_down(&v).to_json());
+        assert_eq!(
+            r(Granularity::Series(E6), Value::Double(0.8)),
+            ("1.0".into(), "0.68".into())
+        );
+        assert_eq!(
+            r(Granularity::PowersOf2, Value::Int32(4)),
+            ("8".into(), "2".into())
+        );
+        assert_eq!(
+            r(Granularity::PowersOf2, Value::Double(0.3)),
+            ("0.5".into(), "0.25".into())
+        );
+        assert_eq!(
+            r(Granularity::Series(S125), Value::Int32(0)),
+            ("0".into(), "0".into())
+        );
+    }
 }

@@ -15,12 +15,11 @@
 //! when `complete` ([`GroupStage::emit_all`]), without ending the input.
 
 use super::accumulators::{compile_accumulator, Accumulator, AccumulatorSpec};
-use super::{Stage, StageCompileFn};
+use super::{Stage, StageCompileFn, StageState};
 use crate::error::{path_key, CompileError, EvalError};
 use crate::expr::{compile_expr, CompileCtx, Ctx, Env, Expr};
-use crate::value::{compare_values, Document, HashableValue, Str, Value};
+use crate::value::{compare_values, Document, HashableValue, Str, Value, ValueHashMap};
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Stages of this family.
@@ -32,6 +31,41 @@ pub(crate) const STAGES: &[(&str, StageCompileFn)] = &[
 // ---------------------------------------------------------------------------------
 // Helpers shared with `$bucket` and `$bucketAuto`.
 // ---------------------------------------------------------------------------------
+
+/// Accumulators per stage whose inputs are evaluated without a heap allocation.
+const INLINE_INPUTS: usize = 8;
+
+/// The evaluated accumulator inputs of one document; `None` marks an accumulator that
+/// reads the document itself through [`Accumulator::update`].
+pub(crate) struct Inputs<'a> {
+    len: usize,
+    inline: [Option<Cow<'a, Value>>; INLINE_INPUTS],
+    /// Used only beyond [`INLINE_INPUTS`] accumulators.
+    heap: Vec<Option<Cow<'a, Value>>>,
+}
+
+impl<'a> Inputs<'a> {
+    fn new(len: usize) -> Self {
+        let heap = if len > INLINE_INPUTS {
+            vec![None; len]
+        } else {
+            Vec::new()
+        };
+        Inputs {
+            len,
+            inline: Default::default(),
+            heap,
+        }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [Option<Cow<'a, Value>>] {
+        if self.len > INLINE_INPUTS {
+            &mut self.heap
+        } else {
+            &mut self.inline[..self.len]
+        }
+    }
+}
 
 /// Accumulated output fields of a grouping stage, in specification order.
 #[derive(Debug, Default)]
@@ -94,26 +128,57 @@ impl OutputFields {
     }
 
     /// Evaluates every accumulator's input for one document (nothing is updated yet).
-    pub(crate) fn eval_inputs<'a>(
-        &'a self,
-        ctx: &Ctx<'a>,
-    ) -> Result<Vec<Option<Cow<'a, Value>>>, EvalError> {
-        self.specs.iter().map(|s| s.eval_input(ctx)).collect()
+    pub(crate) fn eval_inputs<'a>(&'a self, ctx: &Ctx<'a>) -> Result<Inputs<'a>, EvalError> {
+        let mut inputs = Inputs::new(self.specs.len());
+        for (slot, spec) in inputs.as_mut_slice().iter_mut().zip(&self.specs) {
+            *slot = spec.eval_input(ctx)?;
+        }
+        Ok(inputs)
     }
 
     /// Folds inputs from [`OutputFields::eval_inputs`] into one group's states.
     pub(crate) fn apply(
         row: &mut [Box<dyn Accumulator>],
-        inputs: Vec<Option<Cow<'_, Value>>>,
+        mut inputs: Inputs<'_>,
         ctx: &Ctx<'_>,
     ) -> Result<(), EvalError> {
-        for (acc, input) in row.iter_mut().zip(inputs) {
-            match input {
+        for (acc, input) in row.iter_mut().zip(inputs.as_mut_slice()) {
+            match input.take() {
                 Some(v) => acc.add_input(v),
                 None => acc.update(ctx)?,
             }
         }
         Ok(())
+    }
+
+    /// One group's accumulator states for a checkpoint; `None` when one cannot be saved.
+    pub(crate) fn save_row(row: &[Box<dyn Accumulator>]) -> Option<Value> {
+        row.iter()
+            .map(|a| a.save_state())
+            .collect::<Option<Vec<_>>>()
+            .map(Value::Array)
+    }
+
+    /// Rebuilds one group's states from [`OutputFields::save_row`].
+    pub(crate) fn restore_row(
+        &self,
+        stage: &str,
+        state: &Value,
+    ) -> Result<Vec<Box<dyn Accumulator>>, EvalError> {
+        let states = state
+            .as_array()
+            .filter(|a| a.len() == self.specs.len())
+            .ok_or_else(|| invalid_state(stage, state))?;
+        self.specs
+            .iter()
+            .zip(states)
+            .map(|(spec, st)| {
+                let mut acc = spec.start();
+                acc.restore_state(st)
+                    .map_err(|e| EvalError::new(format!("{stage}: {e}")))?;
+                Ok(acc)
+            })
+            .collect()
     }
 
     /// The output document `{_id: id, <field>: <result>, ...}` (missing results are null).
@@ -126,6 +191,20 @@ impl OutputFields {
         }
         d
     }
+}
+
+/// The error for a checkpoint state that this stage did not produce.
+pub(crate) fn invalid_state(stage: &str, state: &Value) -> EvalError {
+    let mut text = state.to_json();
+    if text.len() > 80 {
+        let cut = (0..=80)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    EvalError::new(format!("{stage}: invalid checkpoint state {text}"))
 }
 
 /// True for a grouping expression written as a `$path` or an operator object, which is
@@ -159,7 +238,7 @@ struct GroupRow {
 #[derive(Debug)]
 pub struct GroupStage {
     config: Arc<GroupConfig>,
-    index: HashMap<HashableValue, usize>,
+    index: ValueHashMap<usize>,
     groups: Vec<GroupRow>,
     changed: Vec<usize>,
 }
@@ -168,7 +247,7 @@ impl GroupStage {
     fn new(config: Arc<GroupConfig>) -> Self {
         GroupStage {
             config,
-            index: HashMap::new(),
+            index: ValueHashMap::default(),
             groups: Vec::new(),
             changed: Vec::new(),
         }
@@ -282,6 +361,52 @@ impl Stage for GroupStage {
         }
         Ok(())
     }
+
+    /// `[[key, [accumulator states...], changedSinceTrigger], ...]` in first-seen order.
+    fn checkpoint_state(&self) -> Result<StageState, EvalError> {
+        let mut groups = Vec::with_capacity(self.groups.len());
+        for row in &self.groups {
+            let Some(states) = OutputFields::save_row(&row.accs) else {
+                return Ok(StageState::Unsupported);
+            };
+            groups.push(Value::Array(vec![
+                row.key.clone(),
+                states,
+                Value::Bool(row.changed),
+            ]));
+        }
+        Ok(StageState::State(Value::Array(groups)))
+    }
+
+    fn restore_state(&mut self, state: &Value) -> Result<(), EvalError> {
+        let name = self.name();
+        let items = state.as_array().ok_or_else(|| invalid_state(name, state))?;
+        let mut restored = GroupStage::new(Arc::clone(&self.config));
+        for item in items {
+            let Some([key, states, Value::Bool(changed)]) = item.as_array() else {
+                return Err(invalid_state(name, item));
+            };
+            let accs = self.config.fields.restore_row(name, states)?;
+            let i = restored.groups.len();
+            if restored
+                .index
+                .insert(HashableValue(key.clone()), i)
+                .is_some()
+            {
+                return Err(invalid_state(name, item));
+            }
+            restored.groups.push(GroupRow {
+                key: key.clone(),
+                accs,
+                changed: *changed,
+            });
+            if *changed {
+                restored.changed.push(i);
+            }
+        }
+        *self = restored;
+        Ok(())
+    }
 }
 
 /// Compiles `_id`: any expression; an object of field expressions makes a compound key
@@ -372,6 +497,14 @@ impl Stage for SortByCount {
         Ok(())
     }
 
+    fn checkpoint_state(&self) -> Result<StageState, EvalError> {
+        self.group.checkpoint_state()
+    }
+
+    fn restore_state(&mut self, state: &Value) -> Result<(), EvalError> {
+        self.group.restore_state(state)
+    }
+
     fn fresh(&self) -> Box<dyn Stage> {
         Box::new(SortByCount {
             group: GroupStage::new(Arc::clone(&self.group.config)),
@@ -444,5 +577,101 @@ mod tests {
         out.clear();
         stage.finish(&env, &mut out).unwrap();
         assert_eq!(out.len(), 2);
+    }
+
+    /// Runs `docs` through `$group` in one go, and again with a checkpoint taken after
+    /// `split` documents restored into a fresh stage through canonical Extended JSON.
+    fn checkpoint_round_trip(
+        group: &str,
+        docs: &[&str],
+        split: usize,
+    ) -> (Vec<String>, Vec<String>) {
+        let spec = parse_value(group).unwrap();
+        let proto = compile_group(&spec, "g", &mut CompileCtx::default()).unwrap();
+        let env = Env { now: 0 };
+        let docs: Vec<Document> = docs
+            .iter()
+            .map(|d| crate::value::parse_document(d).unwrap())
+            .collect();
+        let show = |out: Vec<Document>| -> Vec<String> {
+            out.iter()
+                .map(|d| d.to_json_mode(crate::value::ExtJsonMode::Canonical))
+                .collect()
+        };
+        let mut whole = proto.fresh();
+        let mut out = Vec::new();
+        for d in &docs {
+            whole.process(d.clone(), &env, &mut out).unwrap();
+        }
+        whole.finish(&env, &mut out).unwrap();
+        let expected = show(std::mem::take(&mut out));
+        let mut first = proto.fresh();
+        for d in &docs[..split] {
+            first.process(d.clone(), &env, &mut out).unwrap();
+        }
+        let StageState::State(state) = first.checkpoint_state().unwrap() else {
+            panic!("no state")
+        };
+        let text = state.to_json_mode(crate::value::ExtJsonMode::Canonical);
+        let mut second = proto.fresh();
+        second.restore_state(&parse_value(&text).unwrap()).unwrap();
+        for d in &docs[split..] {
+            second.process(d.clone(), &env, &mut out).unwrap();
+        }
+        second.finish(&env, &mut out).unwrap();
+        (expected, show(out))
+    }
+
+    #[test]
+    fn checkpoint_restores_every_accumulator() {
+        let group = r#"{"_id": "$k", "s": {"$sum": "$v"}, "a": {"$avg": "$v"}, "mn": {"$min": "$v"}, "mx": {"$max": "$v"},
+            "f": {"$first": "$v"}, "l": {"$last": "$v"}, "p": {"$push": "$v"}, "u": {"$addToSet": "$v"},
+            "m": {"$mergeObjects": "$d"}, "sd": {"$stdDevSamp": "$v"}, "c": {"$count": {}},
+            "t": {"$top": {"output": "$v", "sortBy": {"v": -1}}}, "bn": {"$bottomN": {"n": 2, "output": "$v", "sortBy": {"v": 1}}},
+            "fn": {"$firstN": {"n": 2, "input": "$v"}}, "ln": {"$lastN": {"n": 2, "input": "$v"}},
+            "xn": {"$maxN": {"n": 2, "input": "$v"}}, "in": {"$minN": {"n": 2, "input": "$v"}}}"#;
+        let docs = [
+            r#"{"k": "a", "v": 1, "d": {"x": 1}}"#,
+            r#"{"k": "b", "v": {"$numberLong": "5"}}"#,
+            r#"{"k": "a", "v": 2.5, "d": {"y": 2}}"#,
+            r#"{"k": "a", "v": {"$numberDecimal": "1.10"}}"#,
+            r#"{"k": "b", "v": 2147483647}"#,
+            r#"{"k": "a", "v": null}"#,
+            r#"{"k": "b", "v": 3}"#,
+        ];
+        for split in 0..=docs.len() {
+            let (expected, restored) = checkpoint_round_trip(group, &docs, split);
+            assert_eq!(expected, restored, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn checkpoint_keeps_dynamic_n_and_rejects_bad_state() {
+        let group = r#"{"_id": {"n": "$n"}, "f": {"$firstN": {"n": "$n", "input": "$v"}}}"#;
+        let docs = [
+            r#"{"n": 1, "v": 1}"#,
+            r#"{"n": 2, "v": 2}"#,
+            r#"{"n": 1, "v": 3}"#,
+            r#"{"n": 2, "v": 4}"#,
+            r#"{"n": 2, "v": 5}"#,
+        ];
+        for split in 0..=docs.len() {
+            let (expected, restored) = checkpoint_round_trip(group, &docs, split);
+            assert_eq!(expected, restored, "split at {split}");
+        }
+        let proto = compile_group(
+            &parse_value(group).unwrap(),
+            "g",
+            &mut CompileCtx::default(),
+        )
+        .unwrap();
+        let mut stage = proto.fresh();
+        assert!(stage
+            .restore_state(&parse_value(r#"[["x"]]"#).unwrap())
+            .is_err());
+        assert!(stage.restore_state(&parse_value("5").unwrap()).is_err());
+        assert!(stage
+            .restore_state(&parse_value(r#"[[{"n": 1}, [[1, 2]], false]]"#).unwrap())
+            .is_err());
     }
 }

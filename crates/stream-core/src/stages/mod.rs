@@ -30,7 +30,12 @@ pub trait Stage: Send + fmt::Debug {
 
     /// Processes one input document, appending any outputs to `out`. An error affects
     /// only this document.
-    fn process(&mut self, doc: Document, env: &Env, out: &mut Vec<Document>) -> Result<(), EvalError>;
+    fn process(
+        &mut self,
+        doc: Document,
+        env: &Env,
+        out: &mut Vec<Document>,
+    ) -> Result<(), EvalError>;
 
     /// The input has ended: emit whatever is buffered.
     fn finish(&mut self, _env: &Env, _out: &mut Vec<Document>) -> Result<(), EvalError> {
@@ -57,7 +62,10 @@ pub trait Stage: Send + fmt::Debug {
 
     /// Restores state produced by [`Stage::checkpoint_state`].
     fn restore_state(&mut self, _state: &Value) -> Result<(), EvalError> {
-        Err(EvalError::new(format!("{} cannot restore checkpointed state", self.name())))
+        Err(EvalError::new(format!(
+            "{} cannot restore checkpointed state",
+            self.name()
+        )))
     }
 
     /// True when the stage can emit intermediate results at a streaming trigger
@@ -68,7 +76,12 @@ pub trait Stage: Send + fmt::Debug {
 
     /// Emits results at a streaming trigger: the results changed since the previous
     /// trigger, or every result when `complete`.
-    fn on_trigger(&mut self, _complete: bool, _env: &Env, _out: &mut Vec<Document>) -> Result<(), EvalError> {
+    fn on_trigger(
+        &mut self,
+        _complete: bool,
+        _env: &Env,
+        _out: &mut Vec<Document>,
+    ) -> Result<(), EvalError> {
         Ok(())
     }
 }
@@ -113,17 +126,27 @@ fn stage_table() -> &'static HashMap<&'static str, StageCompileFn> {
 const DATABASE_STAGES: &[&str] = &["$lookup", "$graphLookup", "$merge", "$out", "$unionWith"];
 
 /// Compiles one stage object `{"$name": spec}` found at `path` (e.g. `pipeline[1]`).
-pub fn compile_stage(stage: &Value, path: &str, cx: &mut CompileCtx) -> Result<Box<dyn Stage>, CompileError> {
+pub fn compile_stage(
+    stage: &Value,
+    path: &str,
+    cx: &mut CompileCtx,
+) -> Result<Box<dyn Stage>, CompileError> {
     let Value::Document(d) = stage else {
         return Err(CompileError::new(
             path,
-            format!("a stage must be an object like {{\"$match\": {{...}}}}, found {}", stage.type_name()),
+            format!(
+                "a stage must be an object like {{\"$match\": {{...}}}}, found {}",
+                stage.type_name()
+            ),
         ));
     };
     if d.len() != 1 {
         return Err(CompileError::new(
             path,
-            format!("a stage object must have exactly one field (the stage name), found {}", d.len()),
+            format!(
+                "a stage object must have exactly one field (the stage name), found {}",
+                d.len()
+            ),
         ));
     }
     let (name, spec) = d.iter().next().expect("one field");
@@ -136,16 +159,26 @@ pub fn compile_stage(stage: &Value, path: &str, cx: &mut CompileCtx) -> Result<B
     }
     match stage_table().get(name.as_str()) {
         Some(f) => f(spec, &stage_path, cx),
-        None => Err(CompileError::new(stage_path, format!("unknown stage '{name}'"))),
+        None => Err(CompileError::new(
+            stage_path,
+            format!("unknown stage '{name}'"),
+        )),
     }
 }
 
 /// Compiles an array of stages found at `path`.
-pub fn compile_stages(stages: &Value, path: &str, cx: &mut CompileCtx) -> Result<Vec<Box<dyn Stage>>, CompileError> {
+pub fn compile_stages(
+    stages: &Value,
+    path: &str,
+    cx: &mut CompileCtx,
+) -> Result<Vec<Box<dyn Stage>>, CompileError> {
     let Value::Array(items) = stages else {
         return Err(CompileError::new(
             path,
-            format!("a pipeline must be an array of stages, found {}", stages.type_name()),
+            format!(
+                "a pipeline must be an array of stages, found {}",
+                stages.type_name()
+            ),
         ));
     };
     items

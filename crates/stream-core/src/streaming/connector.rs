@@ -35,11 +35,19 @@ pub struct ConnectorError {
 impl ConnectorError {
     /// A transient (retryable) failure.
     pub fn transient(connector: impl Into<String>, message: impl Into<String>) -> Self {
-        ConnectorError { connector: connector.into(), kind: ErrorKind::Transient, message: message.into() }
+        ConnectorError {
+            connector: connector.into(),
+            kind: ErrorKind::Transient,
+            message: message.into(),
+        }
     }
     /// A permanent failure.
     pub fn permanent(connector: impl Into<String>, message: impl Into<String>) -> Self {
-        ConnectorError { connector: connector.into(), kind: ErrorKind::Permanent, message: message.into() }
+        ConnectorError {
+            connector: connector.into(),
+            kind: ErrorKind::Permanent,
+            message: message.into(),
+        }
     }
     /// An I/O error: transient.
     pub fn io(connector: impl Into<String>, what: impl fmt::Display, e: &std::io::Error) -> Self {
@@ -87,7 +95,11 @@ pub struct SourceBatch {
 pub trait Source: Send {
     /// Fetches up to `max_records`, waiting at most `max_wait` for the first one. An
     /// empty batch without `end_of_input` means nothing is available yet.
-    async fn next_batch(&mut self, max_records: usize, max_wait: Duration) -> Result<SourceBatch, ConnectorError>;
+    async fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<SourceBatch, ConnectorError>;
 
     /// Resumes after the given positions (restored from a checkpoint). Called before the
     /// first `next_batch`.
@@ -152,10 +164,18 @@ pub trait ConnectorProvider: Send + Sync {
     fn connector_type(&self) -> &str;
 
     /// Builds a source; `Ok(None)` when this type cannot be a source.
-    fn create_source(&self, config: &ConnectorConfig, ctx: &ConnectorContext) -> Result<Option<Box<dyn Source>>, DefinitionError>;
+    fn create_source(
+        &self,
+        config: &ConnectorConfig,
+        ctx: &ConnectorContext,
+    ) -> Result<Option<Box<dyn Source>>, DefinitionError>;
 
     /// Builds a sink; `Ok(None)` when this type cannot be a sink.
-    fn create_sink(&self, config: &ConnectorConfig, ctx: &ConnectorContext) -> Result<Option<Box<dyn Sink>>, DefinitionError>;
+    fn create_sink(
+        &self,
+        config: &ConnectorConfig,
+        ctx: &ConnectorContext,
+    ) -> Result<Option<Box<dyn Sink>>, DefinitionError>;
 }
 
 /// Connector providers by type name.
@@ -166,7 +186,9 @@ pub struct ConnectorRegistry {
 
 impl fmt::Debug for ConnectorRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnectorRegistry").field("types", &self.types()).finish()
+        f.debug_struct("ConnectorRegistry")
+            .field("types", &self.types())
+            .finish()
     }
 }
 
@@ -178,7 +200,8 @@ impl ConnectorRegistry {
 
     /// Registers a provider under its type (replacing one of the same type).
     pub fn register(&mut self, provider: Arc<dyn ConnectorProvider>) -> &mut Self {
-        self.providers.insert(provider.connector_type().to_string(), provider);
+        self.providers
+            .insert(provider.connector_type().to_string(), provider);
         self
     }
 
@@ -189,7 +212,10 @@ impl ConnectorRegistry {
         t
     }
 
-    fn provider(&self, config: &ConnectorConfig) -> Result<&Arc<dyn ConnectorProvider>, DefinitionError> {
+    fn provider(
+        &self,
+        config: &ConnectorConfig,
+    ) -> Result<&Arc<dyn ConnectorProvider>, DefinitionError> {
         self.providers.get(&config.connector_type).ok_or_else(|| {
             DefinitionError::new(
                 format!("{}.type", config.path),
@@ -203,16 +229,40 @@ impl ConnectorRegistry {
     }
 
     /// Builds the source described by `config`.
-    pub fn create_source(&self, config: &ConnectorConfig, ctx: &ConnectorContext) -> Result<Box<dyn Source>, DefinitionError> {
-        self.provider(config)?.create_source(config, ctx)?.ok_or_else(|| {
-            DefinitionError::new(format!("{}.type", config.path), format!("connector '{}' cannot be used as a source", config.connector_type))
-        })
+    pub fn create_source(
+        &self,
+        config: &ConnectorConfig,
+        ctx: &ConnectorContext,
+    ) -> Result<Box<dyn Source>, DefinitionError> {
+        self.provider(config)?
+            .create_source(config, ctx)?
+            .ok_or_else(|| {
+                DefinitionError::new(
+                    format!("{}.type", config.path),
+                    format!(
+                        "connector '{}' cannot be used as a source",
+                        config.connector_type
+                    ),
+                )
+            })
     }
 
     /// Builds the sink described by `config`.
-    pub fn create_sink(&self, config: &ConnectorConfig, ctx: &ConnectorContext) -> Result<Box<dyn Sink>, DefinitionError> {
-        self.provider(config)?.create_sink(config, ctx)?.ok_or_else(|| {
-            DefinitionError::new(format!("{}.type", config.path), format!("connector '{}' cannot be used as a sink", config.connector_type))
-        })
+    pub fn create_sink(
+        &self,
+        config: &ConnectorConfig,
+        ctx: &ConnectorContext,
+    ) -> Result<Box<dyn Sink>, DefinitionError> {
+        self.provider(config)?
+            .create_sink(config, ctx)?
+            .ok_or_else(|| {
+                DefinitionError::new(
+                    format!("{}.type", config.path),
+                    format!(
+                        "connector '{}' cannot be used as a sink",
+                        config.connector_type
+                    ),
+                )
+            })
     }
 }

@@ -89,14 +89,21 @@ impl ConnectorConfig {
         match self.options.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.as_str())),
-            Some(other) => Err(self.option_error(key, format!("expected a string, found {}", other.type_name()))),
+            Some(other) => Err(self.option_error(
+                key,
+                format!("expected a string, found {}", other.type_name()),
+            )),
         }
     }
 
     /// A required string option.
     pub fn required_str(&self, key: &str) -> Result<&str, DefinitionError> {
-        self.str_option(key)?
-            .ok_or_else(|| self.option_error(key, format!("the {} connector needs option '{key}'", self.connector_type)))
+        self.str_option(key)?.ok_or_else(|| {
+            self.option_error(
+                key,
+                format!("the {} connector needs option '{key}'", self.connector_type),
+            )
+        })
     }
 
     /// A non-negative integer option (numeric strings accepted).
@@ -106,7 +113,12 @@ impl ConnectorConfig {
             Some(v) => number_setting(v)
                 .and_then(|n| u64::try_from(n).ok())
                 .map(Some)
-                .ok_or_else(|| self.option_error(key, format!("expected a non-negative integer, found {}", v.to_json()))),
+                .ok_or_else(|| {
+                    self.option_error(
+                        key,
+                        format!("expected a non-negative integer, found {}", v.to_json()),
+                    )
+                }),
         }
     }
 
@@ -116,7 +128,10 @@ impl ConnectorConfig {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(Value::String(s)) if s == "true" || s == "false" => Ok(Some(s == "true")),
-            Some(other) => Err(self.option_error(key, format!("expected true or false, found {}", other.to_json()))),
+            Some(other) => Err(self.option_error(
+                key,
+                format!("expected true or false, found {}", other.to_json()),
+            )),
         }
     }
 
@@ -124,7 +139,9 @@ impl ConnectorConfig {
     pub fn duration_option(&self, key: &str) -> Result<Option<Duration>, DefinitionError> {
         match self.options.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => duration_setting(v).map(Some).map_err(|m| self.option_error(key, m)),
+            Some(v) => duration_setting(v)
+                .map(Some)
+                .map_err(|m| self.option_error(key, m)),
         }
     }
 
@@ -144,7 +161,12 @@ impl ConnectorConfig {
                     format!("expected a connector type name, found {}", other.to_json()),
                 ))
             }
-            None => return Err(DefinitionError::new(path, "missing 'type' (e.g. \"file\", \"kafka\", \"memory\")")),
+            None => {
+                return Err(DefinitionError::new(
+                    path,
+                    "missing 'type' (e.g. \"file\", \"kafka\", \"memory\")",
+                ))
+            }
         };
         let options = match d.get("options") {
             None => Document::new(),
@@ -256,7 +278,12 @@ impl RuntimeConfig {
                 Some(v) => number_setting(v)
                     .and_then(|n| usize::try_from(n).ok())
                     .filter(|n| *n > 0)
-                    .ok_or_else(|| DefinitionError::new(path_key(path, key), format!("expected a positive integer, found {}", v.to_json()))),
+                    .ok_or_else(|| {
+                        DefinitionError::new(
+                            path_key(path, key),
+                            format!("expected a positive integer, found {}", v.to_json()),
+                        )
+                    }),
             }
         };
         r.micro_batch_size = count("microBatchSize", r.micro_batch_size)?;
@@ -264,10 +291,12 @@ impl RuntimeConfig {
         r.source_queue_capacity = count("sourceQueueCapacity", r.source_queue_capacity)?;
         r.worker_thread_pool_size = count("workerThreadPoolSize", r.worker_thread_pool_size)?;
         if let Some(v) = d.get("maxBatchDelay") {
-            r.max_batch_delay = duration_setting(v).map_err(|m| DefinitionError::new(path_key(path, "maxBatchDelay"), m))?;
+            r.max_batch_delay = duration_setting(v)
+                .map_err(|m| DefinitionError::new(path_key(path, "maxBatchDelay"), m))?;
         }
         if let Some(v) = d.get("checkpointInterval") {
-            r.checkpoint_interval = duration_setting(v).map_err(|m| DefinitionError::new(path_key(path, "checkpointInterval"), m))?;
+            r.checkpoint_interval = duration_setting(v)
+                .map_err(|m| DefinitionError::new(path_key(path, "checkpointInterval"), m))?;
         }
         if let Some(v) = d.get("trigger") {
             r.trigger = parse_trigger(v, &path_key(path, "trigger"))?;
@@ -291,7 +320,10 @@ impl RuntimeConfig {
                 _ => {
                     return Err(DefinitionError::new(
                         path_key(path, "processingGuarantee"),
-                        format!("expected \"at_least_once\" or \"exactly_once\", found {}", v.to_json()),
+                        format!(
+                            "expected \"at_least_once\" or \"exactly_once\", found {}",
+                            v.to_json()
+                        ),
                     ))
                 }
             };
@@ -441,25 +473,52 @@ impl ErrorPolicyConfig {
 
 fn parse_retry(v: &Value, path: &str) -> Result<RetryConfig, DefinitionError> {
     let d = expect_object(v, path)?;
-    check_keys(d, path, &["maxAttempts", "initialDelay", "maxDelay", "multiplier", "jitter"])?;
+    check_keys(
+        d,
+        path,
+        &[
+            "maxAttempts",
+            "initialDelay",
+            "maxDelay",
+            "multiplier",
+            "jitter",
+        ],
+    )?;
     let mut r = RetryConfig::default();
     if let Some(v) = d.get("maxAttempts") {
         r.max_attempts = number_setting(v)
             .and_then(|n| u32::try_from(n).ok())
             .filter(|n| *n >= 1)
-            .ok_or_else(|| DefinitionError::new(path_key(path, "maxAttempts"), format!("expected an integer >= 1, found {}", v.to_json())))?;
+            .ok_or_else(|| {
+                DefinitionError::new(
+                    path_key(path, "maxAttempts"),
+                    format!("expected an integer >= 1, found {}", v.to_json()),
+                )
+            })?;
     }
-    for (key, slot) in [("initialDelay", &mut r.initial_delay), ("maxDelay", &mut r.max_delay)] {
+    for (key, slot) in [
+        ("initialDelay", &mut r.initial_delay),
+        ("maxDelay", &mut r.max_delay),
+    ] {
         if let Some(v) = d.get(key) {
-            *slot = duration_setting(v).map_err(|m| DefinitionError::new(path_key(path, key), m))?;
+            *slot =
+                duration_setting(v).map_err(|m| DefinitionError::new(path_key(path, key), m))?;
         }
     }
-    for (key, slot, min) in [("multiplier", &mut r.multiplier, 1.0), ("jitter", &mut r.jitter, 0.0)] {
+    for (key, slot, min) in [
+        ("multiplier", &mut r.multiplier, 1.0),
+        ("jitter", &mut r.jitter, 0.0),
+    ] {
         if let Some(v) = d.get(key) {
             *slot = v
                 .as_f64()
                 .filter(|x| *x >= min && x.is_finite())
-                .ok_or_else(|| DefinitionError::new(path_key(path, key), format!("expected a number >= {min}, found {}", v.to_json())))?;
+                .ok_or_else(|| {
+                    DefinitionError::new(
+                        path_key(path, key),
+                        format!("expected a number >= {min}, found {}", v.to_json()),
+                    )
+                })?;
         }
     }
     Ok(r)
@@ -473,13 +532,23 @@ fn parse_breaker(v: &Value, path: &str) -> Result<CircuitBreakerConfig, Definiti
         Some(v) => number_setting(v)
             .and_then(|n| u32::try_from(n).ok())
             .filter(|n| *n >= 1)
-            .ok_or_else(|| DefinitionError::new(path_key(path, "failureThreshold"), format!("expected an integer >= 1, found {}", v.to_json())))?,
+            .ok_or_else(|| {
+                DefinitionError::new(
+                    path_key(path, "failureThreshold"),
+                    format!("expected an integer >= 1, found {}", v.to_json()),
+                )
+            })?,
     };
     let cool_down = match d.get("coolDown") {
         None => Duration::from_secs(30),
-        Some(v) => duration_setting(v).map_err(|m| DefinitionError::new(path_key(path, "coolDown"), m))?,
+        Some(v) => {
+            duration_setting(v).map_err(|m| DefinitionError::new(path_key(path, "coolDown"), m))?
+        }
     };
-    Ok(CircuitBreakerConfig { failure_threshold, cool_down })
+    Ok(CircuitBreakerConfig {
+        failure_threshold,
+        cool_down,
+    })
 }
 
 /// A complete streaming pipeline definition.
@@ -529,7 +598,10 @@ impl StreamingPipelineDefinition {
     }
 
     /// Parses a definition, resolving `${VAR}` through `env`.
-    pub fn from_json_str_with_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, DefinitionError> {
+    pub fn from_json_str_with_env(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, DefinitionError> {
         let mut v = parse_value(text).map_err(|e| DefinitionError::new("$", e.to_string()))?;
         substitute_env(&mut v, "", env)?;
         Self::from_value(&v)
@@ -538,25 +610,53 @@ impl StreamingPipelineDefinition {
     /// Builds a definition from parsed JSON (no environment substitution).
     pub fn from_value(v: &Value) -> Result<Self, DefinitionError> {
         let d = expect_object(v, "$")?;
-        check_keys(d, "", &["pipelineId", "source", "pipeline", "sink", "runtime", "errorPolicy", "state", "metrics"])?;
-        let pipeline_id = match d.get("pipelineId") {
-            Some(Value::String(s)) if valid_id(s) => s.to_string(),
-            Some(other) => {
-                return Err(DefinitionError::new(
+        check_keys(
+            d,
+            "",
+            &[
+                "pipelineId",
+                "source",
+                "pipeline",
+                "sink",
+                "runtime",
+                "errorPolicy",
+                "state",
+                "metrics",
+            ],
+        )?;
+        let pipeline_id =
+            match d.get("pipelineId") {
+                Some(Value::String(s)) if valid_id(s) => s.to_string(),
+                Some(other) => return Err(DefinitionError::new(
                     "pipelineId",
-                    format!("expected a non-empty name of letters, digits, '-', '_' or '.', found {}", other.to_json()),
-                ))
-            }
-            None => return Err(DefinitionError::new("pipelineId", "missing: every pipeline needs a unique 'pipelineId'")),
+                    format!(
+                        "expected a non-empty name of letters, digits, '-', '_' or '.', found {}",
+                        other.to_json()
+                    ),
+                )),
+                None => {
+                    return Err(DefinitionError::new(
+                        "pipelineId",
+                        "missing: every pipeline needs a unique 'pipelineId'",
+                    ))
+                }
+            };
+        let required = |key: &str| {
+            d.get(key)
+                .ok_or_else(|| DefinitionError::new(key, format!("missing '{key}'")))
         };
-        let required = |key: &str| d.get(key).ok_or_else(|| DefinitionError::new(key, format!("missing '{key}'")));
         let mut builder = Self::builder(pipeline_id);
         builder.def.source = ConnectorConfig::parse(required("source")?, "source")?;
         builder.def.sink = ConnectorConfig::parse(required("sink")?, "sink")?;
         builder.def.pipeline = match d.get("pipeline") {
             None => Value::Array(Vec::new()),
             Some(p @ Value::Array(_)) => p.clone(),
-            Some(other) => return Err(DefinitionError::new("pipeline", format!("expected an array of stages, found {}", other.type_name()))),
+            Some(other) => {
+                return Err(DefinitionError::new(
+                    "pipeline",
+                    format!("expected an array of stages, found {}", other.type_name()),
+                ))
+            }
         };
         if let Some(r) = d.get("runtime") {
             builder.def.runtime = RuntimeConfig::parse(r, "runtime")?;
@@ -573,7 +673,10 @@ impl StreamingPipelineDefinition {
             if let Some(tags) = md.get("tags") {
                 for (k, v) in expect_object(tags, "metrics.tags")?.iter() {
                     let Some(s) = v.as_str() else {
-                        return Err(DefinitionError::new(format!("metrics.tags.{k}"), "tag values must be strings"));
+                        return Err(DefinitionError::new(
+                            format!("metrics.tags.{k}"),
+                            "tag values must be strings",
+                        ));
                     };
                     builder.def.metric_tags.insert(k.to_string(), s.to_string());
                 }
@@ -586,7 +689,10 @@ impl StreamingPipelineDefinition {
 
     /// Compiles the stages (errors name `pipeline[i]...`).
     pub fn compile_pipeline(&self) -> Result<Pipeline, DefinitionError> {
-        Ok(Pipeline::compile_with(&self.pipeline, self.functions.clone())?)
+        Ok(Pipeline::compile_with(
+            &self.pipeline,
+            self.functions.clone(),
+        )?)
     }
 }
 
@@ -611,12 +717,18 @@ pub struct StreamingPipelineDefinitionBuilder {
 
 impl StreamingPipelineDefinitionBuilder {
     /// Sets the source.
-    pub fn source(mut self, c: ConnectorConfig) -> Self {
+    pub fn source(mut self, mut c: ConnectorConfig) -> Self {
+        if c.path.is_empty() {
+            c.path = "source".into(); // so option errors read `source.options.<key>`
+        }
         self.def.source = c;
         self
     }
     /// Sets the sink.
-    pub fn sink(mut self, c: ConnectorConfig) -> Self {
+    pub fn sink(mut self, mut c: ConnectorConfig) -> Self {
+        if c.path.is_empty() {
+            c.path = "sink".into(); // so option errors read `sink.options.<key>`
+        }
         self.def.sink = c;
         self
     }
@@ -646,7 +758,10 @@ impl StreamingPipelineDefinitionBuilder {
         self
     }
     /// Sets the state store.
-    pub fn state(mut self, c: ConnectorConfig) -> Self {
+    pub fn state(mut self, mut c: ConnectorConfig) -> Self {
+        if c.path.is_empty() {
+            c.path = "state".into(); // so option errors read `state.options.<key>`
+        }
         self.def.state = c;
         self
     }
@@ -663,7 +778,10 @@ impl StreamingPipelineDefinitionBuilder {
     /// Validates (compiles the stages) and returns the definition.
     pub fn build(self) -> Result<StreamingPipelineDefinition, DefinitionError> {
         if !valid_id(&self.def.pipeline_id) {
-            return Err(DefinitionError::new("pipelineId", "expected a non-empty name of letters, digits, '-', '_' or '.'"));
+            return Err(DefinitionError::new(
+                "pipelineId",
+                "expected a non-empty name of letters, digits, '-', '_' or '.'",
+            ));
         }
         self.def.compile_pipeline()?;
         Ok(self.def)
@@ -671,12 +789,15 @@ impl StreamingPipelineDefinitionBuilder {
 }
 
 fn valid_id(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn expect_object<'v>(v: &'v Value, path: &str) -> Result<&'v Document, DefinitionError> {
-    v.as_document()
-        .ok_or_else(|| DefinitionError::new(path, format!("expected an object, found {}", v.type_name())))
+    v.as_document().ok_or_else(|| {
+        DefinitionError::new(path, format!("expected an object, found {}", v.type_name()))
+    })
 }
 
 fn check_keys(d: &Document, path: &str, allowed: &[&str]) -> Result<(), DefinitionError> {
@@ -684,7 +805,10 @@ fn check_keys(d: &Document, path: &str, allowed: &[&str]) -> Result<(), Definiti
         if !allowed.contains(&k.as_str()) {
             return Err(DefinitionError::new(
                 path_key(path, k),
-                format!("unknown setting '{k}' (expected one of: {})", allowed.join(", ")),
+                format!(
+                    "unknown setting '{k}' (expected one of: {})",
+                    allowed.join(", ")
+                ),
             ));
         }
     }
@@ -704,7 +828,10 @@ fn duration_setting(v: &Value) -> Result<Duration, String> {
         Value::String(s) => parse_duration(s),
         other => match other.as_i64_exact() {
             Some(ms) if ms >= 0 => Ok(Duration::from_millis(ms as u64)),
-            _ => Err(format!("expected a duration like \"5 seconds\" or milliseconds, found {}", other.to_json())),
+            _ => Err(format!(
+                "expected a duration like \"5 seconds\" or milliseconds, found {}",
+                other.to_json()
+            )),
         },
     }
 }
@@ -712,11 +839,13 @@ fn duration_setting(v: &Value) -> Result<Duration, String> {
 /// Parses `"5 seconds"`, `"200 ms"`, `"1.5s"`, `"2 minutes"`, `"7d"`, `"1 hour"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration '{s}': expected a number followed by a unit, e.g. \"5 seconds\""))?;
+    let n: f64 = num.parse().map_err(|_| {
+        format!("invalid duration '{s}': expected a number followed by a unit, e.g. \"5 seconds\"")
+    })?;
     let unit_ms = match unit.trim() {
         "" | "ms" | "millis" | "millisecond" | "milliseconds" => 1.0,
         "s" | "sec" | "secs" | "second" | "seconds" => 1e3,
@@ -729,10 +858,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Replaces `${VAR}` / `${VAR:-default}` inside every string of `v`.
-fn substitute_env(v: &mut Value, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(), DefinitionError> {
+fn substitute_env(
+    v: &mut Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), DefinitionError> {
     match v {
         Value::String(s) if s.contains("${") => {
-            let replaced = substitute_str(s, env).map_err(|m| DefinitionError::new(if path.is_empty() { "$" } else { path }, m))?;
+            let replaced = substitute_str(s, env)
+                .map_err(|m| DefinitionError::new(if path.is_empty() { "$" } else { path }, m))?;
             *v = Value::string(replaced);
         }
         Value::Array(items) => {
@@ -771,9 +905,9 @@ fn substitute_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
         match (env(name), default) {
             (Some(v), _) if !v.is_empty() || default.is_none() => out.push_str(&v),
             (_, Some(d)) => out.push_str(d),
-            (None, None) => {
-                return Err(format!("environment variable {name} is not set (set it, or write ${{{name}:-default}})"))
-            }
+            (None, None) => return Err(format!(
+                "environment variable {name} is not set (set it, or write ${{{name}:-default}})"
+            )),
             (Some(v), None) => out.push_str(&v),
         }
         rest = &after[end + 1..];
@@ -805,16 +939,31 @@ mod tests {
     fn parses_the_documented_format() {
         let def = StreamingPipelineDefinition::from_json_str_with_env(DEF, &env).unwrap();
         assert_eq!(def.pipeline_id, "orders-ltv");
-        assert_eq!(def.source.required_str("path").unwrap(), "/data/orders.jsonl");
+        assert_eq!(
+            def.source.required_str("path").unwrap(),
+            "/data/orders.jsonl"
+        );
         assert_eq!(def.sink.required_str("path").unwrap(), "/tmp/out.jsonl");
         assert_eq!(def.runtime.micro_batch_size, 250);
         assert_eq!(def.runtime.max_batch_delay, Duration::from_millis(50));
-        assert_eq!(def.runtime.trigger, Trigger::ProcessingTime(Duration::from_secs(5)));
-        assert_eq!(def.error_policy.dead_letter().unwrap().required_str("path").unwrap(), "dlq.jsonl");
+        assert_eq!(
+            def.runtime.trigger,
+            Trigger::ProcessingTime(Duration::from_secs(5))
+        );
+        assert_eq!(
+            def.error_policy
+                .dead_letter()
+                .unwrap()
+                .required_str("path")
+                .unwrap(),
+            "dlq.jsonl"
+        );
         match &def.error_policy {
             ErrorPolicyConfig::CircuitBreaker { breaker, inner } => {
                 assert_eq!(breaker.failure_threshold, 3);
-                assert!(matches!(**inner, ErrorPolicyConfig::Retry { ref retry, .. } if retry.max_attempts == 5 && retry.max_delay == Duration::from_secs(2)));
+                assert!(
+                    matches!(**inner, ErrorPolicyConfig::Retry { ref retry, .. } if retry.max_attempts == 5 && retry.max_delay == Duration::from_secs(2))
+                );
             }
             other => panic!("unexpected policy {other:?}"),
         }
@@ -826,10 +975,19 @@ mod tests {
         let e = StreamingPipelineDefinition::from_json_str_with_env(DEF, &|_| None).unwrap_err();
         assert_eq!(e.path, "sink.options.path");
         assert!(e.message.contains("OUT is not set"), "{e}");
-        let bad = DEF.replace(r#""microBatchSize": "${BATCH:-250}""#, r#""microBatchSize": 0"#);
+        let bad = DEF.replace(
+            r#""microBatchSize": "${BATCH:-250}""#,
+            r#""microBatchSize": 0"#,
+        );
         let e = StreamingPipelineDefinition::from_json_str_with_env(&bad, &env).unwrap_err();
-        assert_eq!(e.to_string(), "runtime.microBatchSize: expected a positive integer, found 0");
-        let bad = DEF.replace(r#"{"$match": {"status": "PAID"}}"#, r#"{"$match": {"status": "PAID"}}, {"$bogus": 1}"#);
+        assert_eq!(
+            e.to_string(),
+            "runtime.microBatchSize: expected a positive integer, found 0"
+        );
+        let bad = DEF.replace(
+            r#"{"$match": {"status": "PAID"}}"#,
+            r#"{"$match": {"status": "PAID"}}, {"$bogus": 1}"#,
+        );
         let e = StreamingPipelineDefinition::from_json_str_with_env(&bad, &env).unwrap_err();
         assert_eq!(e.path, "pipeline[1].$bogus");
         let bad = DEF.replace(r#""trigger""#, r#""trigge""#);
@@ -841,9 +999,17 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("5 seconds").unwrap(), Duration::from_secs(5));
         assert_eq!(parse_duration("200ms").unwrap(), Duration::from_millis(200));
-        assert_eq!(parse_duration("1.5 s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            parse_duration("1.5 s").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
         assert!(parse_duration("five seconds").is_err());
-        assert!(parse_duration("5 fortnights").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("5 fortnights")
+            .unwrap_err()
+            .contains("unknown unit"));
     }
 }

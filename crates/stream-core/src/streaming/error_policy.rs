@@ -55,7 +55,11 @@ impl ErrorPolicy {
     pub fn new(config: &ErrorPolicyConfig) -> Self {
         let (breaker, config) = match config {
             ErrorPolicyConfig::CircuitBreaker { breaker, inner } => (
-                Some(Breaker { config: breaker.clone(), consecutive_failures: 0, open_until: None }),
+                Some(Breaker {
+                    config: breaker.clone(),
+                    consecutive_failures: 0,
+                    open_until: None,
+                }),
                 (**inner).clone(),
             ),
             other => (None, other.clone()),
@@ -135,7 +139,8 @@ fn decide(config: &ErrorPolicyConfig, kind: ErrorKind, attempt: u32) -> Decision
 /// Delay before retry number `attempt` (1-based): `initialDelay * multiplier^(attempt-1)`,
 /// capped at `maxDelay`, spread by ±`jitter`.
 pub fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
-    let base = retry.initial_delay.as_secs_f64() * retry.multiplier.powi(attempt.saturating_sub(1) as i32);
+    let base =
+        retry.initial_delay.as_secs_f64() * retry.multiplier.powi(attempt.saturating_sub(1) as i32);
     let capped = base.min(retry.max_delay.as_secs_f64());
     let spread = if retry.jitter > 0.0 {
         rand::thread_rng().gen_range(-retry.jitter..=retry.jitter)
@@ -152,16 +157,28 @@ mod tests {
 
     fn retry_then(then: ErrorPolicyConfig) -> ErrorPolicyConfig {
         ErrorPolicyConfig::Retry {
-            retry: RetryConfig { max_attempts: 3, jitter: 0.0, ..RetryConfig::default() },
+            retry: RetryConfig {
+                max_attempts: 3,
+                jitter: 0.0,
+                ..RetryConfig::default()
+            },
             then: Box::new(then),
         }
     }
 
     #[test]
     fn transient_failures_retry_then_dead_letter() {
-        let mut p = ErrorPolicy::new(&retry_then(ErrorPolicyConfig::DeadLetter(ConnectorConfig::new("memory"))));
-        assert_eq!(p.decide(ErrorKind::Transient, 1), Decision::Retry(Duration::from_millis(100)));
-        assert_eq!(p.decide(ErrorKind::Transient, 2), Decision::Retry(Duration::from_millis(200)));
+        let mut p = ErrorPolicy::new(&retry_then(ErrorPolicyConfig::DeadLetter(
+            ConnectorConfig::new("memory"),
+        )));
+        assert_eq!(
+            p.decide(ErrorKind::Transient, 1),
+            Decision::Retry(Duration::from_millis(100))
+        );
+        assert_eq!(
+            p.decide(ErrorKind::Transient, 2),
+            Decision::Retry(Duration::from_millis(200))
+        );
         assert_eq!(p.decide(ErrorKind::Transient, 3), Decision::DeadLetter);
     }
 
@@ -175,7 +192,13 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let r = RetryConfig { initial_delay: Duration::from_millis(100), max_delay: Duration::from_millis(500), multiplier: 2.0, jitter: 0.0, max_attempts: 10 };
+        let r = RetryConfig {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(500),
+            multiplier: 2.0,
+            jitter: 0.0,
+            max_attempts: 10,
+        };
         let delays: Vec<u128> = (1..=5).map(|a| backoff(&r, a).as_millis()).collect();
         assert_eq!(delays, vec![100, 200, 400, 500, 500]);
         let r = RetryConfig { jitter: 0.5, ..r };
@@ -188,7 +211,10 @@ mod tests {
     #[test]
     fn breaker_opens_after_threshold_and_half_opens_after_cool_down() {
         let cfg = ErrorPolicyConfig::CircuitBreaker {
-            breaker: CircuitBreakerConfig { failure_threshold: 2, cool_down: Duration::from_millis(20) },
+            breaker: CircuitBreakerConfig {
+                failure_threshold: 2,
+                cool_down: Duration::from_millis(20),
+            },
             inner: Box::new(ErrorPolicyConfig::SkipAndContinue),
         };
         let mut p = ErrorPolicy::new(&cfg);

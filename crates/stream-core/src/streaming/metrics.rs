@@ -71,11 +71,17 @@ impl PipelineMetrics {
     pub fn new(pipeline_id: &str, tags: &BTreeMap<String, String>) -> Self {
         let mut labels = vec![("pipeline".to_string(), pipeline_id.to_string())];
         labels.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
-        PipelineMetrics { labels, ..Default::default() }
+        PipelineMetrics {
+            labels,
+            ..Default::default()
+        }
     }
 
     fn labels(&self) -> Vec<metrics::Label> {
-        self.labels.iter().map(|(k, v)| metrics::Label::new(k.clone(), v.clone())).collect()
+        self.labels
+            .iter()
+            .map(|(k, v)| metrics::Label::new(k.clone(), v.clone()))
+            .collect()
     }
 
     fn add(&self, counter: &AtomicU64, name: &'static str, n: u64) {
@@ -148,11 +154,19 @@ impl PipelineMetrics {
             let before = previous.get(i).map(|m| m.stats).unwrap_or_default();
             let mut labels = self.labels();
             labels.push(metrics::Label::new("stage", format!("{i}:{name}")));
-            metrics::counter!("stream.stage.documents.in", labels.clone()).increment(s.documents_in.saturating_sub(before.documents_in));
-            metrics::counter!("stream.stage.documents.out", labels.clone()).increment(s.documents_out.saturating_sub(before.documents_out));
-            metrics::counter!("stream.stage.errors", labels.clone()).increment(s.errors.saturating_sub(before.errors));
-            metrics::counter!("stream.stage.nanos", labels).increment(s.nanos.saturating_sub(before.nanos));
-            stages.push(StageMetrics { index: i, stage: name.to_string(), stats: *s });
+            metrics::counter!("stream.stage.documents.in", labels.clone())
+                .increment(s.documents_in.saturating_sub(before.documents_in));
+            metrics::counter!("stream.stage.documents.out", labels.clone())
+                .increment(s.documents_out.saturating_sub(before.documents_out));
+            metrics::counter!("stream.stage.errors", labels.clone())
+                .increment(s.errors.saturating_sub(before.errors));
+            metrics::counter!("stream.stage.nanos", labels)
+                .increment(s.nanos.saturating_sub(before.nanos));
+            stages.push(StageMetrics {
+                index: i,
+                stage: name.to_string(),
+                stats: *s,
+            });
         }
     }
 
@@ -170,7 +184,11 @@ impl PipelineMetrics {
             checkpoints: get(&self.checkpoints),
             replayed: get(&self.replayed),
             lag: get(&self.lag),
-            stages: self.stages.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            stages: self
+                .stages
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }
@@ -189,7 +207,10 @@ impl MetricsRegistry {
 
     /// Registers (or replaces) a pipeline's metrics.
     pub fn register(&self, pipeline_id: &str, metrics: Arc<PipelineMetrics>) {
-        self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).insert(pipeline_id.to_string(), metrics);
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pipeline_id.to_string(), metrics);
     }
 
     /// Snapshots of every pipeline.

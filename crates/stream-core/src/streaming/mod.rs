@@ -15,14 +15,21 @@ pub mod orchestrator;
 pub mod state;
 
 pub use connector::{
-    ConnectorContext, ConnectorError, ConnectorProvider, ConnectorRegistry, ErrorKind, Payload, Record, Sink, Source, SourceBatch,
-    SourcePositions,
+    ConnectorContext, ConnectorError, ConnectorProvider, ConnectorRegistry, ErrorKind, Payload,
+    Record, Sink, Source, SourceBatch, SourcePositions,
 };
 pub use definition::{
-    parse_duration, CircuitBreakerConfig, ConnectorConfig, DefinitionError, ErrorPolicyConfig, OutputMode, ProcessingGuarantee, RetryConfig,
-    RuntimeConfig, StreamingPipelineDefinition, StreamingPipelineDefinitionBuilder, Trigger,
+    parse_duration, CircuitBreakerConfig, ConnectorConfig, DefinitionError, ErrorPolicyConfig,
+    OutputMode, ProcessingGuarantee, RetryConfig, RuntimeConfig, StreamingPipelineDefinition,
+    StreamingPipelineDefinitionBuilder, Trigger,
 };
 pub use error_policy::{BreakerState, Decision, ErrorPolicy};
 pub use metrics::{MetricsRegistry, MetricsSnapshot, PipelineMetrics, StageMetrics};
-pub use orchestrator::{PipelineStatus, RunError, RunOptions, RunSummary, StreamingPipelineHandle, StreamingPipelineOrchestrator};
-pub use state::{Checkpoint, MemoryStateStore, MemoryStateStoreProvider, StateError, StateStore, StateStoreProvider};
+pub use orchestrator::{
+    PipelineStatus, RunError, RunOptions, RunSummary, StreamingPipelineHandle,
+    StreamingPipelineOrchestrator,
+};
+pub use state::{
+    Checkpoint, MemoryStateStore, MemoryStateStoreProvider, StateError, StateStore,
+    StateStoreProvider,
+};

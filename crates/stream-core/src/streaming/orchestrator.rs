@@ -17,11 +17,16 @@
 //! produced with, then lets the source commit those positions. A restart restores both
 //! and replays what followed: at-least-once delivery.
 
-use super::connector::{ConnectorContext, ConnectorError, ConnectorRegistry, ErrorKind, Payload, Record, Sink, Source, SourcePositions};
+use super::connector::{
+    ConnectorContext, ConnectorError, ConnectorRegistry, ErrorKind, Payload, Record, Sink, Source,
+    SourcePositions,
+};
 use super::definition::{DefinitionError, OutputMode, StreamingPipelineDefinition, Trigger};
 use super::error_policy::{Decision, ErrorPolicy};
 use super::metrics::{MetricsRegistry, MetricsSnapshot, PipelineMetrics};
-use super::state::{Checkpoint, MemoryStateStoreProvider, StateError, StateStore, StateStoreProvider};
+use super::state::{
+    Checkpoint, MemoryStateStoreProvider, StateError, StateStore, StateStoreProvider,
+};
 use crate::error::StageError;
 use crate::pipeline::{Pipeline, PipelineRun};
 use crate::value::{parse_document, parse_document_fields, Document, Str, Value};
@@ -132,7 +137,8 @@ impl StreamingPipelineOrchestrator {
 
     /// Adds a state-store provider (file, Redis, SQL, ...).
     pub fn register_state_store(&mut self, provider: Arc<dyn StateStoreProvider>) -> &mut Self {
-        self.state_stores.insert(provider.store_type().to_string(), provider);
+        self.state_stores
+            .insert(provider.store_type().to_string(), provider);
         self
     }
 
@@ -142,17 +148,30 @@ impl StreamingPipelineOrchestrator {
     }
 
     /// Starts a pipeline on the current tokio runtime.
-    pub fn run(&self, def: StreamingPipelineDefinition) -> Result<StreamingPipelineHandle, DefinitionError> {
+    pub fn run(
+        &self,
+        def: StreamingPipelineDefinition,
+    ) -> Result<StreamingPipelineHandle, DefinitionError> {
         self.run_with(def, RunOptions::default())
     }
 
     /// Starts a pipeline with options.
-    pub fn run_with(&self, def: StreamingPipelineDefinition, options: RunOptions) -> Result<StreamingPipelineHandle, DefinitionError> {
+    pub fn run_with(
+        &self,
+        def: StreamingPipelineDefinition,
+        options: RunOptions,
+    ) -> Result<StreamingPipelineHandle, DefinitionError> {
         let pipeline = def.compile_pipeline()?;
-        let ctx = ConnectorContext { pipeline_id: def.pipeline_id.clone() };
+        let ctx = ConnectorContext {
+            pipeline_id: def.pipeline_id.clone(),
+        };
         let source = self.connectors.create_source(&def.source, &ctx)?;
         let sink = self.connectors.create_sink(&def.sink, &ctx)?;
-        let dead_letter = def.error_policy.dead_letter().map(|c| self.connectors.create_sink(c, &ctx)).transpose()?;
+        let dead_letter = def
+            .error_policy
+            .dead_letter()
+            .map(|c| self.connectors.create_sink(c, &ctx))
+            .transpose()?;
         let store = self
             .state_stores
             .get(&def.state.connector_type)
@@ -161,7 +180,11 @@ impl StreamingPipelineOrchestrator {
                 known.sort_unstable();
                 DefinitionError::new(
                     "state.type",
-                    format!("unknown state store '{}' (available: {})", def.state.connector_type, known.join(", ")),
+                    format!(
+                        "unknown state store '{}' (available: {})",
+                        def.state.connector_type,
+                        known.join(", ")
+                    ),
                 )
             })?
             .create(&def.state)?;
@@ -203,7 +226,13 @@ impl StreamingPipelineOrchestrator {
             *task_status.lock().unwrap_or_else(|p| p.into_inner()) = final_status;
             let _ = done_tx.send(Some(result));
         });
-        Ok(StreamingPipelineHandle { pipeline_id, stop: stop_tx, status, metrics, done: done_rx })
+        Ok(StreamingPipelineHandle {
+            pipeline_id,
+            stop: stop_tx,
+            status,
+            metrics,
+            done: done_rx,
+        })
     }
 }
 
@@ -233,7 +262,10 @@ impl StreamingPipelineHandle {
     }
 
     /// Waits until the pipeline ends (or `timeout` passes: `None`).
-    pub async fn await_termination(&self, timeout: Option<Duration>) -> Option<Result<RunSummary, RunError>> {
+    pub async fn await_termination(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Option<Result<RunSummary, RunError>> {
         let mut rx = self.done.clone();
         let wait = async {
             loop {
@@ -241,7 +273,9 @@ impl StreamingPipelineHandle {
                     return Some(r);
                 }
                 if rx.changed().await.is_err() {
-                    return Some(Err(RunError::Internal("the pipeline task ended without a result".into())));
+                    return Some(Err(RunError::Internal(
+                        "the pipeline task ended without a result".into(),
+                    )));
                 }
             }
         };
@@ -253,7 +287,10 @@ impl StreamingPipelineHandle {
 
     /// Current status.
     pub fn status(&self) -> PipelineStatus {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Current counters.
@@ -304,9 +341,13 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
     let mut sequence = 0;
     if let Some(cp) = p.store.load_checkpoint(&id).await? {
         info!(pipeline = %id, sequence = cp.sequence, "resuming from checkpoint");
-        p.source.seek(&cp.positions).await.map_err(RunError::Source)?;
+        p.source
+            .seek(&cp.positions)
+            .await
+            .map_err(RunError::Source)?;
         if !cp.operator_state.is_empty() {
-            run.restore_state(&cp.operator_state).map_err(RunError::Restore)?;
+            run.restore_state(&cp.operator_state)
+                .map_err(RunError::Restore)?;
         }
         positions = cp.positions;
         sequence = cp.sequence;
@@ -323,7 +364,15 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
         max_wait: rt.max_batch_delay,
         available_now: rt.trigger == Trigger::AvailableNow,
     };
-    let source_task = tokio::spawn(source_loop(p.source, src_tx, commit_rx, p.stop.clone(), fetch, p.metrics.clone(), ErrorPolicy::new(&p.def.error_policy)));
+    let source_task = tokio::spawn(source_loop(
+        p.source,
+        src_tx,
+        commit_rx,
+        p.stop.clone(),
+        fetch,
+        p.metrics.clone(),
+        ErrorPolicy::new(&p.def.error_policy),
+    ));
 
     let processing = Processing {
         pipeline_id: id.clone(),
@@ -340,7 +389,8 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
             .build()
             .map_err(|e| RunError::Internal(format!("cannot start worker threads: {e}")))?,
     };
-    let process_task = tokio::task::spawn_blocking(move || processing.run(run, positions, src_rx, sink_tx));
+    let process_task =
+        tokio::task::spawn_blocking(move || processing.run(run, positions, src_rx, sink_tx));
 
     let delivery = Delivery {
         pipeline_id: id.clone(),
@@ -352,8 +402,12 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
         sequence,
     };
     let sink_result = delivery.run(sink_rx, commit_tx).await;
-    let process_result = process_task.await.map_err(|e| RunError::Internal(format!("processing thread: {e}")))?;
-    let source_result = source_task.await.map_err(|e| RunError::Internal(format!("source task: {e}")))?;
+    let process_result = process_task
+        .await
+        .map_err(|e| RunError::Internal(format!("processing thread: {e}")))?;
+    let source_result = source_task
+        .await
+        .map_err(|e| RunError::Internal(format!("source task: {e}")))?;
     // The first failure in data-flow order is the cause; later ones are consequences.
     source_result?;
     let ended = process_result?;
@@ -362,7 +416,12 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
         Ending::EndOfInput => PipelineStatus::Completed,
         Ending::Stopped => PipelineStatus::Stopped,
     };
-    Ok(RunSummary { pipeline_id: id, status, metrics: p.metrics.snapshot(), duration: started.elapsed() })
+    Ok(RunSummary {
+        pipeline_id: id,
+        status,
+        metrics: p.metrics.snapshot(),
+        duration: started.elapsed(),
+    })
 }
 
 fn set_status(status: &Mutex<PipelineStatus>, s: PipelineStatus) {
@@ -491,11 +550,14 @@ impl Processing {
                     for item in self.parse(records, keep_original) {
                         self.process(&mut run, item, &mut positions, &mut out, &mut dead_letters)?;
                     }
-                    let fire = match self.trigger {
-                        Trigger::Continuous => true,
-                        Trigger::ProcessingTime(interval) => last_trigger.elapsed() >= interval,
-                        Trigger::AvailableNow => false,
-                    };
+                    // A bounded input behaves as a batch: its results come once, at the
+                    // end, exactly as `srotax eval` would give them.
+                    let fire = !self.bounded
+                        && match self.trigger {
+                            Trigger::Continuous => true,
+                            Trigger::ProcessingTime(interval) => last_trigger.elapsed() >= interval,
+                            Trigger::AvailableNow => false,
+                        };
                     if fire {
                         last_trigger = Instant::now();
                         self.trigger(&mut run, &mut out, &mut dead_letters)?;
@@ -528,7 +590,11 @@ impl Processing {
             if checkpoint.is_some() {
                 last_checkpoint = Instant::now();
             }
-            let msg = SinkMsg { documents: out, dead_letters, checkpoint };
+            let msg = SinkMsg {
+                documents: out,
+                dead_letters,
+                checkpoint,
+            };
             if tx.blocking_send(msg).is_err() {
                 return Ok(Ending::Stopped); // the sink failed; its error is reported
             }
@@ -539,7 +605,8 @@ impl Processing {
     }
 
     fn snapshot(&self, run: &PipelineRun) -> Result<Option<Vec<Value>>, RunError> {
-        run.checkpoint_state().map_err(|e| RunError::Internal(format!("cannot snapshot operator state: {e}")))
+        run.checkpoint_state()
+            .map_err(|e| RunError::Internal(format!("cannot snapshot operator state: {e}")))
     }
 
     /// Parses JSON payloads on the worker pool, keeping only the fields the pipeline reads.
@@ -554,15 +621,29 @@ impl Processing {
                         None => parse_document(&text),
                     };
                     let failed = doc.is_err();
-                    (doc.map_err(|e| e.to_string()), (keep_raw || failed).then_some(text))
+                    (
+                        doc.map_err(|e| e.to_string()),
+                        (keep_raw || failed).then_some(text),
+                    )
                 }
             };
-            Parsed { document, raw, partition: r.partition, position: r.position }
+            Parsed {
+                document,
+                raw,
+                partition: r.partition,
+                position: r.position,
+            }
         };
         if records.len() < 64 {
             return records.into_iter().map(parse_one).collect();
         }
-        self.workers.install(|| records.into_par_iter().with_min_len(64).map(parse_one).collect())
+        self.workers.install(|| {
+            records
+                .into_par_iter()
+                .with_min_len(64)
+                .map(parse_one)
+                .collect()
+        })
     }
 
     fn process(
@@ -578,7 +659,14 @@ impl Processing {
             Ok(d) => d,
             Err(message) => {
                 let original = Value::string(item.raw.unwrap_or_default());
-                let failure = Failure { stage: "parse".into(), message, attempts: 1, original, partition: &item.partition, position: &item.position };
+                let failure = Failure {
+                    stage: "parse".into(),
+                    message,
+                    attempts: 1,
+                    original,
+                    partition: &item.partition,
+                    position: &item.position,
+                };
                 return self.apply_policy(&failure, ErrorKind::Permanent, dead_letters);
             }
         };
@@ -587,7 +675,9 @@ impl Processing {
         let mut next = Some(doc);
         let mut errors = Vec::new();
         loop {
-            let Some(doc) = next.take() else { return Ok(()) };
+            let Some(doc) = next.take() else {
+                return Ok(());
+            };
             let emitted = out.len();
             errors.clear();
             run.push(doc, out, &mut errors);
@@ -595,7 +685,11 @@ impl Processing {
                 self.policy.record_success();
                 return Ok(());
             };
-            let kind = if error.error.transient { ErrorKind::Transient } else { ErrorKind::Permanent };
+            let kind = if error.error.transient {
+                ErrorKind::Transient
+            } else {
+                ErrorKind::Permanent
+            };
             match self.policy.decide(kind, attempt) {
                 Decision::Retry(delay) => {
                     // The whole document runs again: drop what it emitted this time.
@@ -621,7 +715,12 @@ impl Processing {
         }
     }
 
-    fn trigger(&mut self, run: &mut PipelineRun, out: &mut Vec<Document>, dead_letters: &mut Vec<Document>) -> Result<(), RunError> {
+    fn trigger(
+        &mut self,
+        run: &mut PipelineRun,
+        out: &mut Vec<Document>,
+        dead_letters: &mut Vec<Document>,
+    ) -> Result<(), RunError> {
         let mut errors = Vec::new();
         run.trigger(self.complete, out, &mut errors);
         self.handle_stage_errors(errors, None, dead_letters)
@@ -629,7 +728,12 @@ impl Processing {
 
     /// Errors from rows emitted at a trigger or at the end of input: no single input
     /// document is to blame, so they are not retried.
-    fn handle_stage_errors(&mut self, errors: Vec<StageError>, original: Option<Document>, dead_letters: &mut Vec<Document>) -> Result<(), RunError> {
+    fn handle_stage_errors(
+        &mut self,
+        errors: Vec<StageError>,
+        original: Option<Document>,
+        dead_letters: &mut Vec<Document>,
+    ) -> Result<(), RunError> {
         let none = Str::default();
         for e in errors {
             let failure = Failure {
@@ -645,7 +749,12 @@ impl Processing {
         Ok(())
     }
 
-    fn apply_policy(&mut self, failure: &Failure<'_>, kind: ErrorKind, dead_letters: &mut Vec<Document>) -> Result<(), RunError> {
+    fn apply_policy(
+        &mut self,
+        failure: &Failure<'_>,
+        kind: ErrorKind,
+        dead_letters: &mut Vec<Document>,
+    ) -> Result<(), RunError> {
         // Retrying cannot help an error that does not depend on time.
         let decision = match self.policy.decide(kind, failure.attempts) {
             Decision::Retry(_) => self.policy.decide(ErrorKind::Permanent, failure.attempts),
@@ -654,7 +763,12 @@ impl Processing {
         self.record_failure(decision, failure, dead_letters)
     }
 
-    fn record_failure(&mut self, decision: Decision, failure: &Failure<'_>, dead_letters: &mut Vec<Document>) -> Result<(), RunError> {
+    fn record_failure(
+        &mut self,
+        decision: Decision,
+        failure: &Failure<'_>,
+        dead_letters: &mut Vec<Document>,
+    ) -> Result<(), RunError> {
         self.metrics.add_failed(1);
         match decision {
             Decision::Skip | Decision::Retry(_) => {
@@ -694,7 +808,10 @@ impl Failure<'_> {
         d.insert("stage", Value::string(self.stage.as_str()));
         d.insert("error", Value::string(self.message.as_str()));
         d.insert("attempts", Value::Int64(i64::from(self.attempts)));
-        d.insert("failedAt", Value::Date(chrono::Utc::now().timestamp_millis()));
+        d.insert(
+            "failedAt",
+            Value::Date(chrono::Utc::now().timestamp_millis()),
+        );
         let mut source = Document::new();
         source.insert("partition", Value::string(self.partition.as_str()));
         source.insert("position", self.position.clone());
@@ -715,9 +832,17 @@ struct Delivery {
 }
 
 impl Delivery {
-    async fn run(mut self, mut rx: mpsc::Receiver<SinkMsg>, commits: mpsc::UnboundedSender<SourcePositions>) -> Result<(), RunError> {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<SinkMsg>,
+        commits: mpsc::UnboundedSender<SourcePositions>,
+    ) -> Result<(), RunError> {
         while let Some(msg) = rx.recv().await {
-            let SinkMsg { documents, mut dead_letters, checkpoint } = msg;
+            let SinkMsg {
+                documents,
+                mut dead_letters,
+                checkpoint,
+            } = msg;
             if !documents.is_empty() {
                 self.deliver(&documents, &mut dead_letters).await?;
             }
@@ -745,7 +870,11 @@ impl Delivery {
 
     /// Writes a batch under the error policy. A batch the sink rejects permanently is
     /// split so that only the offending documents go through the policy.
-    async fn deliver(&mut self, documents: &[Document], dead_letters: &mut Vec<Document>) -> Result<(), RunError> {
+    async fn deliver(
+        &mut self,
+        documents: &[Document],
+        dead_letters: &mut Vec<Document>,
+    ) -> Result<(), RunError> {
         let mut attempt = 1;
         loop {
             let wait = self.policy.wait_before_call();
@@ -819,7 +948,9 @@ impl Delivery {
     /// they succeed or the error turns permanent.
     async fn write_dead_letters(&mut self, records: &[Document]) -> Result<(), RunError> {
         let Some(dlq) = self.dead_letter.as_mut() else {
-            return Err(RunError::Internal("dead-letter records without a dead-letter sink".into()));
+            return Err(RunError::Internal(
+                "dead-letter records without a dead-letter sink".into(),
+            ));
         };
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=10 {

@@ -84,7 +84,13 @@ impl Checkpoint {
             Some(Value::Date(ms)) => *ms,
             _ => return Err(corrupt("missing createdAt".into())),
         };
-        Ok(Checkpoint { pipeline_id, sequence, positions, operator_state, created_at })
+        Ok(Checkpoint {
+            pipeline_id,
+            sequence,
+            positions,
+            operator_state,
+            created_at,
+        })
     }
 }
 
@@ -94,7 +100,8 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     /// The value under `key`, unless absent or expired.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError>;
     /// Stores `value` under `key`, expiring after `ttl` when given.
-    async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), StateError>;
+    async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>)
+        -> Result<(), StateError>;
     /// Removes `key`.
     async fn delete(&self, key: &str) -> Result<(), StateError>;
     /// Every live `(key, value)` whose key starts with `prefix`, sorted by key.
@@ -142,13 +149,25 @@ fn live(expiry: &Option<Instant>, now: Instant) -> bool {
 impl StateStore for MemoryStateStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         let now = Instant::now();
-        Ok(self.lock().entries.get(key).filter(|(_, e)| live(e, now)).map(|(v, _)| v.clone()))
+        Ok(self
+            .lock()
+            .entries
+            .get(key)
+            .filter(|(_, e)| live(e, now))
+            .map(|(v, _)| v.clone()))
     }
 
-    async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), StateError> {
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<(), StateError> {
         let now = Instant::now();
         let mut inner = self.lock();
-        inner.entries.insert(key.to_string(), (value, ttl.map(|t| now + t)));
+        inner
+            .entries
+            .insert(key.to_string(), (value, ttl.map(|t| now + t)));
         // Expire actively so keys that are never read again do not accumulate.
         inner.puts_since_sweep += 1;
         if inner.puts_since_sweep >= 1024 {
@@ -177,13 +196,17 @@ impl StateStore for MemoryStateStore {
     }
 
     async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StateError> {
-        self.lock().checkpoints.insert(checkpoint.pipeline_id.clone(), checkpoint.encode());
+        self.lock()
+            .checkpoints
+            .insert(checkpoint.pipeline_id.clone(), checkpoint.encode());
         Ok(())
     }
 
     async fn load_checkpoint(&self, pipeline_id: &str) -> Result<Option<Checkpoint>, StateError> {
         let bytes = self.lock().checkpoints.get(pipeline_id).cloned();
-        bytes.map(|b| Checkpoint::decode(&b, "memory checkpoint")).transpose()
+        bytes
+            .map(|b| Checkpoint::decode(&b, "memory checkpoint"))
+            .transpose()
     }
 
     async fn clear_checkpoint(&self, pipeline_id: &str) -> Result<(), StateError> {
@@ -230,7 +253,10 @@ mod tests {
             pipeline_id: "p".into(),
             sequence: 3,
             positions,
-            operator_state: vec![Value::Null, Value::Array(vec![Value::Int32(1), Value::Double(2.0)])],
+            operator_state: vec![
+                Value::Null,
+                Value::Array(vec![Value::Int32(1), Value::Double(2.0)]),
+            ],
             created_at: 1_700_000_000_000,
         };
         store.save_checkpoint(&cp).await.unwrap();
@@ -244,11 +270,17 @@ mod tests {
     #[tokio::test]
     async fn ttl_expires_entries() {
         let store = MemoryStateStore::new();
-        store.put("a:1", b"x".to_vec(), Some(Duration::from_millis(1))).await.unwrap();
+        store
+            .put("a:1", b"x".to_vec(), Some(Duration::from_millis(1)))
+            .await
+            .unwrap();
         store.put("a:2", b"y".to_vec(), None).await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(store.get("a:1").await.unwrap(), None);
-        assert_eq!(store.scan("a:").await.unwrap(), vec![("a:2".to_string(), b"y".to_vec())]);
+        assert_eq!(
+            store.scan("a:").await.unwrap(),
+            vec![("a:2".to_string(), b"y".to_vec())]
+        );
     }
 
     #[test]

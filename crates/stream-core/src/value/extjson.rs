@@ -8,8 +8,8 @@
 
 use super::{Binary, Document, ObjectId, Regex, Str, Timestamp, Value};
 use base64::Engine;
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use chrono::Datelike;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::fmt::{self, Write};
 
 /// Output flavour of Extended JSON.
@@ -68,12 +68,15 @@ impl<'de> Visitor<'de> for ProjectedVisitor<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Document, A::Error> {
         let mut doc = Document::with_capacity(self.fields.len());
-        while let Some(KeyBuf(k)) = map.next_key()? {
-            if self.fields.contains(&k) {
-                let v = map.next_value_seed(ValueSeed)?;
-                doc.push_json_field(k, v);
-            } else {
-                map.next_value::<de::IgnoredAny>()?;
+        while let Some(KeyRef(k)) = map.next_key()? {
+            match self.fields.iter().find(|f| f.as_str() == k) {
+                Some(field) => {
+                    let v = map.next_value_seed(ValueSeed)?;
+                    doc.push_json_field(field.clone(), v);
+                }
+                None => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
             }
         }
         Ok(doc)
@@ -207,6 +210,29 @@ impl Document {
     }
 }
 
+/// A map key borrowed from the input when it has no escapes, so skipped keys cost no
+/// copy at all.
+struct KeyRef<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for KeyRef<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyRef<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<KeyRef<'de>, E> {
+                Ok(KeyRef(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<KeyRef<'de>, E> {
+                Ok(KeyRef(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// A map key read without going through `String` when serde_json can lend it.
 struct KeyBuf(Str);
 
@@ -229,7 +255,10 @@ impl<'de> serde::Deserialize<'de> for KeyBuf {
 /// Reads the rest of an object whose first key is `key` when that key is an Extended
 /// JSON marker; returns `None` (having consumed nothing) for other `$` keys such as
 /// query operators.
-fn parse_extended<'de, A: MapAccess<'de>>(key: &str, map: &mut A) -> Result<Option<Value>, A::Error> {
+fn parse_extended<'de, A: MapAccess<'de>>(
+    key: &str,
+    map: &mut A,
+) -> Result<Option<Value>, A::Error> {
     use de::Error;
     let v = match key {
         "$oid" => {
@@ -255,15 +284,18 @@ fn parse_extended<'de, A: MapAccess<'de>>(key: &str, map: &mut A) -> Result<Opti
         }
         "$numberDouble" => {
             let s: String = map.next_value()?;
-            Value::Double(parse_double_text(&s).ok_or_else(|| {
-                A::Error::custom(format!("$numberDouble: '{s}' is not a double"))
-            })?)
+            Value::Double(
+                parse_double_text(&s).ok_or_else(|| {
+                    A::Error::custom(format!("$numberDouble: '{s}' is not a double"))
+                })?,
+            )
         }
         "$numberDecimal" => {
             let s: String = map.next_value()?;
             Value::Decimal(
-                s.parse()
-                    .map_err(|_| A::Error::custom(format!("$numberDecimal: '{s}' is not a decimal")))?,
+                s.parse().map_err(|_| {
+                    A::Error::custom(format!("$numberDecimal: '{s}' is not a decimal"))
+                })?,
             )
         }
         "$date" => {
@@ -406,7 +438,11 @@ pub fn parse_iso_date(s: &str) -> Option<i64> {
             return Some(dt.timestamp_millis());
         }
     }
-    let naive_fmts = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f"];
+    let naive_fmts = [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S%.f",
+    ];
     for f in naive_fmts {
         if let Ok(dt) = chrono::NaiveDateTime::parse_from_str(s, f) {
             return Some(dt.and_utc().timestamp_millis());
@@ -422,7 +458,13 @@ pub fn parse_iso_date(s: &str) -> Option<i64> {
 /// event streams are nearly always in this form. Anything else returns `None`.
 fn parse_utc_date_fast(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
@@ -615,10 +657,14 @@ mod tests {
     #[test]
     fn numbers_take_the_narrowest_type() {
         assert!(parse_value("1").unwrap().identical(&Value::Int32(1)));
-        assert!(parse_value("3000000000").unwrap().identical(&Value::Int64(3_000_000_000)));
+        assert!(parse_value("3000000000")
+            .unwrap()
+            .identical(&Value::Int64(3_000_000_000)));
         assert!(parse_value("1.0").unwrap().identical(&Value::Double(1.0)));
         assert!(parse_value("1e2").unwrap().identical(&Value::Double(100.0)));
-        assert!(parse_value("18446744073709551615").unwrap().identical(&Value::Double(1.8446744073709552e19)));
+        assert!(parse_value("18446744073709551615")
+            .unwrap()
+            .identical(&Value::Double(1.8446744073709552e19)));
     }
 
     #[test]
@@ -632,10 +678,19 @@ mod tests {
         .unwrap();
         let d = v.as_document().unwrap();
         assert!(d.get("a").unwrap().identical(&Value::Int64(5)));
-        assert!(d.get("b").unwrap().identical(&Value::Date(1_706_695_200_250)));
+        assert!(d
+            .get("b")
+            .unwrap()
+            .identical(&Value::Date(1_706_695_200_250)));
         assert_eq!(d.get("c").unwrap().type_name(), "objectId");
-        assert_eq!(d.get("d").unwrap().to_json(), r#"{"$numberDecimal":"1.10"}"#);
-        assert_eq!(d.get("e").unwrap().to_json(), r#"{"$binary":{"base64":"AQI=","subType":"00"}}"#);
+        assert_eq!(
+            d.get("d").unwrap().to_json(),
+            r#"{"$numberDecimal":"1.10"}"#
+        );
+        assert_eq!(
+            d.get("e").unwrap().to_json(),
+            r#"{"$binary":{"base64":"AQI=","subType":"00"}}"#
+        );
         assert!(d.get("f").unwrap().identical(&Value::Date(-1000)));
         // Query operators are not Extended JSON: {$regex, $options} stays a document.
         assert_eq!(d.get("q").unwrap().type_name(), "object");
@@ -653,7 +708,10 @@ mod tests {
             r#"{"n":{"$numberInt":"1"},"l":{"$numberLong":"2"},"x":{"$numberDouble":"2.0"},"t":{"$date":{"$numberLong":"1706695200000"}},"inf":{"$numberDouble":"Infinity"}}"#
         );
         // Dates before 1970 use the canonical form even in relaxed mode.
-        assert_eq!(Value::Date(-1).to_json(), r#"{"$date":{"$numberLong":"-1"}}"#);
+        assert_eq!(
+            Value::Date(-1).to_json(),
+            r#"{"$date":{"$numberLong":"-1"}}"#
+        );
     }
 
     #[test]
@@ -665,17 +723,26 @@ mod tests {
             "0001-01-01T00:00:00Z",
             "2024-01-31T10:00:00.123456789Z",
         ] {
-            let general = chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis();
+            let general = chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_millis();
             assert_eq!(parse_utc_date_fast(s), Some(general), "{s}");
         }
         assert_eq!(parse_utc_date_fast("2023-02-29T00:00:00Z"), None);
-        assert_eq!(parse_iso_date("2024-01-31T10:00:00+01:00"), Some(1_706_691_600_000));
+        assert_eq!(
+            parse_iso_date("2024-01-31T10:00:00+01:00"),
+            Some(1_706_691_600_000)
+        );
     }
 
     #[test]
     fn projected_parse_keeps_only_named_fields() {
         let fields = [Str::from("b"), Str::from("d")];
-        let d = parse_document_fields(r#"{"a": {"x": [1, 2]}, "b": 2, "c": "s", "d": {"$numberLong": "4"}}"#, &fields).unwrap();
+        let d = parse_document_fields(
+            r#"{"a": {"x": [1, 2]}, "b": 2, "c": "s", "d": {"$numberLong": "4"}}"#,
+            &fields,
+        )
+        .unwrap();
         assert_eq!(d.to_json(), r#"{"b":2,"d":4}"#);
         assert!(parse_document_fields("[1]", &fields).is_err());
         assert!(parse_document_fields(r#"{"a": }"#, &fields).is_err());
@@ -692,9 +759,13 @@ mod tests {
     fn bad_markers_say_what_is_wrong() {
         let e = parse_value(r#"{"$oid": "xyz"}"#).unwrap_err().to_string();
         assert!(e.contains("$oid: 'xyz' is not 24 hex digits"), "{e}");
-        let e = parse_value(r#"{"$date": "yesterday"}"#).unwrap_err().to_string();
+        let e = parse_value(r#"{"$date": "yesterday"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not an ISO-8601 date"), "{e}");
-        let e = parse_value(r#"{"$numberLong": "1", "x": 2}"#).unwrap_err().to_string();
+        let e = parse_value(r#"{"$numberLong": "1", "x": 2}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("must be the only key"), "{e}");
     }
 }

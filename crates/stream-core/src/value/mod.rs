@@ -10,7 +10,7 @@ mod compare;
 mod extjson;
 mod number;
 
-pub use compare::{canonical_rank, compare_values, HashableValue};
+pub use compare::{canonical_rank, compare_values, HashableValue, ValueHashMap, ValueHashSet};
 pub use extjson::{parse_document, parse_document_fields, parse_value, ExtJsonError, ExtJsonMode};
 pub use number::Number;
 
@@ -512,9 +512,7 @@ impl Value {
                 a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.identical(y))
             }
             (Value::Document(a), Value::Document(b)) => a.identical(b),
-            _ => {
-                std::mem::discriminant(self) == std::mem::discriminant(other) && self == other
-            }
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other) && self == other,
         }
     }
 

@@ -72,7 +72,9 @@ impl Number {
             Number::Int64(n) => Some(n),
             Number::Double(n) => {
                 // Every f64 in [-2^63, 2^63) with no fraction is exactly an i64.
-                if n.fract() == 0.0 && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&n) {
+                if n.fract() == 0.0
+                    && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&n)
+                {
                     Some(n as i64)
                 } else {
                     None
@@ -106,9 +108,7 @@ impl Number {
     pub fn add(self, other: Number) -> Number {
         use Number::*;
         match (self, other) {
-            (Decimal(_), _) | (_, Decimal(_)) => {
-                Decimal(self.to_decimal() + other.to_decimal())
-            }
+            (Decimal(_), _) | (_, Decimal(_)) => Decimal(self.to_decimal() + other.to_decimal()),
             (Double(_), _) | (_, Double(_)) => Double(self.to_f64() + other.to_f64()),
             (Int32(a), Int32(b)) => match a.checked_add(b) {
                 Some(r) => Int32(r),
@@ -128,9 +128,7 @@ impl Number {
     pub fn sub(self, other: Number) -> Number {
         use Number::*;
         match (self, other) {
-            (Decimal(_), _) | (_, Decimal(_)) => {
-                Decimal(self.to_decimal() - other.to_decimal())
-            }
+            (Decimal(_), _) | (_, Decimal(_)) => Decimal(self.to_decimal() - other.to_decimal()),
             (Double(_), _) | (_, Double(_)) => Double(self.to_f64() - other.to_f64()),
             (Int32(a), Int32(b)) => match a.checked_sub(b) {
                 Some(r) => Int32(r),
@@ -150,9 +148,7 @@ impl Number {
     pub fn mul(self, other: Number) -> Number {
         use Number::*;
         match (self, other) {
-            (Decimal(_), _) | (_, Decimal(_)) => {
-                Decimal(self.to_decimal() * other.to_decimal())
-            }
+            (Decimal(_), _) | (_, Decimal(_)) => Decimal(self.to_decimal() * other.to_decimal()),
             (Double(_), _) | (_, Double(_)) => Double(self.to_f64() * other.to_f64()),
             (Int32(a), Int32(b)) => match a.checked_mul(b) {
                 Some(r) => Int32(r),

@@ -16,6 +16,8 @@ use tracing::{info, warn};
 
 const MAGIC: &[u8; 8] = b"SRXCKP\0\x01";
 const HEADER_LEN: usize = 20;
+/// Longest pipeline id: file names are limited to 255 bytes on most file systems.
+pub(crate) const MAX_ID_LEN: usize = 200;
 
 /// File-name suffixes.
 pub(crate) const CURRENT_SUFFIX: &str = ".checkpoint";
@@ -25,9 +27,10 @@ pub(crate) const TEMP_SUFFIX: &str = ".checkpoint.tmp";
 /// Rejects ids that are not plain file names.
 pub(crate) fn validate_pipeline_id(id: &str) -> Result<(), FileStoreError> {
     let ok = !id.is_empty()
-        && id.len() <= 200
-        && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if ok {
         Ok(())
     } else {
@@ -68,11 +71,18 @@ fn unframe<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a [u8], FileStoreError>
         return Err(FileStoreError::corrupt(
             path,
             None,
-            format!("truncated checkpoint: {} bytes, shorter than the {HEADER_LEN}-byte header", bytes.len()),
+            format!(
+                "truncated checkpoint: {} bytes, shorter than the {HEADER_LEN}-byte header",
+                bytes.len()
+            ),
         ));
     }
     if &bytes[..8] != MAGIC {
-        return Err(FileStoreError::corrupt(path, Some(0), "not a SrotaX checkpoint file (bad magic bytes)"));
+        return Err(FileStoreError::corrupt(
+            path,
+            Some(0),
+            "not a SrotaX checkpoint file (bad magic bytes)",
+        ));
     }
     let mut len = [0u8; 8];
     len.copy_from_slice(&bytes[8..16]);
@@ -106,12 +116,16 @@ fn read_checkpoint(path: &Path, pipeline_id: &str) -> Result<Option<Checkpoint>,
     };
     let payload = unframe(&bytes, path)?;
     let what = path.display().to_string();
-    let cp = Checkpoint::decode(payload, &what).map_err(|e| FileStoreError::corrupt(path, None, e.to_string()))?;
+    let cp = Checkpoint::decode(payload, &what)
+        .map_err(|e| FileStoreError::corrupt(path, None, e.to_string()))?;
     if cp.pipeline_id != pipeline_id {
         return Err(FileStoreError::corrupt(
             path,
             None,
-            format!("holds a checkpoint of pipeline '{}', expected '{pipeline_id}'", cp.pipeline_id),
+            format!(
+                "holds a checkpoint of pipeline '{}', expected '{pipeline_id}'",
+                cp.pipeline_id
+            ),
         ));
     }
     Ok(Some(cp))
@@ -123,7 +137,11 @@ fn read_checkpoint(path: &Path, pipeline_id: &str) -> Result<Option<Checkpoint>,
 /// Every intermediate state on disk holds a complete checkpoint: before the first rename
 /// `current` is the old one; between the renames only `prev` (the old one) exists, which
 /// [`load`] falls back to; afterwards `current` is the new one.
-pub(crate) fn save(dir: &Path, files: &CheckpointFiles, payload: &[u8]) -> Result<(), FileStoreError> {
+pub(crate) fn save(
+    dir: &Path,
+    files: &CheckpointFiles,
+    payload: &[u8],
+) -> Result<(), FileStoreError> {
     let header = frame(payload);
     write_synced(&files.temp, &[&header, payload])?;
     if files.current.exists() {
@@ -136,7 +154,10 @@ pub(crate) fn save(dir: &Path, files: &CheckpointFiles, payload: &[u8]) -> Resul
 /// The latest checkpoint: `current`, or `prev` when a crash happened between the two
 /// renames of [`save`]. A damaged `current` is an error (never silently an older or empty
 /// state); the message says whether `prev` is intact and how to resume from it.
-pub(crate) fn load(files: &CheckpointFiles, pipeline_id: &str) -> Result<Option<Checkpoint>, FileStoreError> {
+pub(crate) fn load(
+    files: &CheckpointFiles,
+    pipeline_id: &str,
+) -> Result<Option<Checkpoint>, FileStoreError> {
     match read_checkpoint(&files.current, pipeline_id) {
         Ok(Some(cp)) => Ok(Some(cp)),
         Ok(None) => {
@@ -150,7 +171,11 @@ pub(crate) fn load(files: &CheckpointFiles, pipeline_id: &str) -> Result<Option<
             }
             Ok(prev)
         }
-        Err(FileStoreError::Corrupt { path, offset, message }) => {
+        Err(FileStoreError::Corrupt {
+            path,
+            offset,
+            message,
+        }) => {
             let hint = match read_checkpoint(&files.previous, pipeline_id) {
                 Ok(Some(prev)) => format!(
                     "; the previous checkpoint {} (sequence {}) is intact: to resume from it (replaying more input), \
@@ -196,17 +221,42 @@ mod tests {
         assert_eq!(unframe(&bytes, path).unwrap(), payload);
         let mut flipped = bytes.clone();
         flipped[HEADER_LEN + 2] ^= 0x01;
-        assert!(unframe(&flipped, path).unwrap_err().to_string().contains("checksum mismatch"));
-        assert!(unframe(&bytes[..bytes.len() - 1], path).unwrap_err().to_string().contains("truncated"));
-        assert!(unframe(&bytes[..5], path).unwrap_err().to_string().contains("truncated"));
+        assert!(unframe(&flipped, path)
+            .unwrap_err()
+            .to_string()
+            .contains("checksum mismatch"));
+        assert!(unframe(&bytes[..bytes.len() - 1], path)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
+        assert!(unframe(&bytes[..5], path)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
     }
 
     #[test]
     fn pipeline_ids_are_plain_file_names() {
-        for ok in ["orders-ltv", "a", "A_1.v2"] {
+        for ok in [
+            "orders-ltv",
+            "a",
+            "A_1.v2",
+            ".hidden",
+            "..",
+            &"x".repeat(MAX_ID_LEN),
+        ] {
             validate_pipeline_id(ok).unwrap();
         }
-        for bad in ["", ".", "..", "../x", "a/b", "a b", ".hidden", "ü"] {
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "a\\b",
+            "a b",
+            "ü",
+            "a\0",
+            &"x".repeat(MAX_ID_LEN + 1),
+        ] {
             assert!(validate_pipeline_id(bad).is_err(), "{bad}");
         }
     }

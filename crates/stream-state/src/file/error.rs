@@ -39,7 +39,7 @@ pub enum FileStoreError {
         message: String,
     },
     /// A pipeline id that cannot be used as a file name.
-    #[error("invalid pipeline id '{0}': use 1 to 200 letters, digits, '-', '_' or '.', not starting with '.'")]
+    #[error("invalid pipeline id '{0}': use 1 to 200 letters, digits, '-', '_' or '.'")]
     InvalidPipelineId(String),
     /// A key or value that does not fit a log record.
     #[error("{0}")]
@@ -64,7 +64,11 @@ impl FileStoreError {
         }
     }
 
-    pub(crate) fn corrupt(path: impl Into<PathBuf>, offset: Option<u64>, message: impl Into<String>) -> Self {
+    pub(crate) fn corrupt(
+        path: impl Into<PathBuf>,
+        offset: Option<u64>,
+        message: impl Into<String>,
+    ) -> Self {
         FileStoreError::Corrupt {
             path: path.into(),
             offset,

@@ -16,11 +16,25 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<(), FileStoreError> {
     #[cfg(unix)]
     {
         let d = File::open(dir).map_err(|e| FileStoreError::io("open directory", dir, e))?;
-        d.sync_all().map_err(|e| FileStoreError::io("fsync directory", dir, e))?;
+        d.sync_all()
+            .map_err(|e| FileStoreError::io("fsync directory", dir, e))?;
     }
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
+}
+
+/// Creates `dir` (and missing parents) unless it exists, durably: the parent directory is
+/// fsynced so the new directory survives a power loss.
+pub(crate) fn ensure_dir(dir: &Path) -> Result<(), FileStoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(|e| FileStoreError::io("create directory", dir, e))?;
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => fsync_dir(parent),
+        _ => fsync_dir(Path::new(".")),
+    }
 }
 
 /// Creates (or truncates) `path`, writes `chunks` and fsyncs the file. On failure the
@@ -34,9 +48,11 @@ pub(crate) fn write_synced(path: &Path, chunks: &[&[u8]]) -> Result<(), FileStor
             .open(path)
             .map_err(|e| FileStoreError::io("create", path, e))?;
         for chunk in chunks {
-            f.write_all(chunk).map_err(|e| FileStoreError::io("write", path, e))?;
+            f.write_all(chunk)
+                .map_err(|e| FileStoreError::io("write", path, e))?;
         }
-        f.sync_all().map_err(|e| FileStoreError::io("fsync", path, e))
+        f.sync_all()
+            .map_err(|e| FileStoreError::io("fsync", path, e))
     })();
     if result.is_err() {
         let _ = fs::remove_file(path);
@@ -87,7 +103,8 @@ impl DirLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| FileStoreError::io("open lock file", &path, e))?;
-        let locked = FileExt::try_lock_exclusive(&file).map_err(|e| FileStoreError::io("lock", &path, e))?;
+        let locked =
+            FileExt::try_lock_exclusive(&file).map_err(|e| FileStoreError::io("lock", &path, e))?;
         if !locked {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);

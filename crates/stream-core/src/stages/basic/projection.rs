@@ -34,6 +34,31 @@ struct Node {
     has_computed: bool,
     /// Number of included/excluded/child entries: the input fields this level reads.
     n_fields: usize,
+    /// One probe per entry (same order), so looking up an input field rejects most
+    /// entries without a string comparison: this lookup runs for every field of every
+    /// document.
+    probes: Vec<KeyProbe>,
+}
+
+/// A key's length and first eight bytes: equal keys have equal probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyProbe {
+    len: usize,
+    head: u64,
+}
+
+impl KeyProbe {
+    #[inline]
+    fn of(key: &str) -> KeyProbe {
+        let b = key.as_bytes();
+        let mut head = [0u8; 8];
+        let n = b.len().min(8);
+        head[..n].copy_from_slice(&b[..n]);
+        KeyProbe {
+            len: b.len(),
+            head: u64::from_le_bytes(head),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -48,10 +73,12 @@ enum Entry {
 impl Node {
     #[inline]
     fn get(&self, key: &str) -> Option<&Entry> {
-        self.entries
+        let probe = KeyProbe::of(key);
+        self.probes
             .iter()
-            .find(|(k, _)| k.as_str() == key)
-            .map(|(_, e)| e)
+            .zip(&self.entries)
+            .find(|(p, (k, _))| **p == probe && k.as_str() == key)
+            .map(|(_, (_, e))| e)
     }
 
     fn insert(&mut self, segs: &[Str], leaf: Entry) {
@@ -94,6 +121,7 @@ impl Node {
         }
         self.has_computed = computed;
         self.n_fields = n;
+        self.probes = self.entries.iter().map(|(k, _)| KeyProbe::of(k)).collect();
         computed
     }
 }
