@@ -12,6 +12,8 @@
 //! **Sink** (`path`, `fsync`): appends each document as one line of relaxed Extended
 //! JSON, creating parent directories. `flush` writes the buffered lines and, unless
 //! `fsync: false`, calls `fsync` (`sync_data`), so an acknowledged batch survives a crash.
+//! Its committed position is the file's length: on restart from a checkpoint the file is
+//! cut back to it, so lines written after the checkpoint are not duplicated by the replay.
 //!
 //! File I/O runs on tokio's blocking pool, one task per batch, through a 1 MiB buffered
 //! reader: the async runtime is never blocked by disk reads or writes.
@@ -30,7 +32,7 @@ use stream_core::streaming::{
 };
 use stream_core::value::{Document, Str, Value};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 const NAME: &str = "file";
 const SOURCE_OPTIONS: &[&str] = &["path", "follow", "pollInterval"];
@@ -546,5 +548,52 @@ impl Sink for FileSink {
                 Err(self.io_error("cannot write", &e))
             }
         }
+    }
+
+    /// The file's length after the last flush: everything before it is acknowledged.
+    fn committed_position(&self) -> Option<Value> {
+        self.file.as_ref().map(|_| Value::Int64(self.size as i64))
+    }
+
+    /// Cuts off what was appended after the checkpoint (output of records the source
+    /// now replays), so a crash does not leave duplicate lines.
+    async fn restore_position(&mut self, position: &Value) -> Result<(), ConnectorError> {
+        let Some(target) = position.as_i64_exact().and_then(|n| u64::try_from(n).ok()) else {
+            return Err(ConnectorError::permanent(
+                NAME,
+                format!(
+                    "invalid sink position {} in the checkpoint for {}",
+                    position.to_json(),
+                    self.path.display()
+                ),
+            ));
+        };
+        let file = self.file().await?;
+        if self.size < target {
+            warn!(
+                file = %self.path.display(),
+                len = self.size,
+                checkpoint = target,
+                "the output file is shorter than at the last checkpoint (truncated, replaced, or unsynced data lost); appending to it as it is"
+            );
+            return Ok(());
+        }
+        if self.size == target {
+            return Ok(());
+        }
+        info!(file = %self.path.display(), bytes = self.size - target, "removing output written after the last checkpoint");
+        let fsync = self.fsync;
+        tokio::task::spawn_blocking(move || {
+            file.set_len(target)?;
+            if fsync {
+                file.sync_data()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ConnectorError::permanent(NAME, format!("the file writer task failed: {e}")))?
+        .map_err(|e: std::io::Error| self.io_error("cannot truncate", &e))?;
+        self.size = target;
+        Ok(())
     }
 }

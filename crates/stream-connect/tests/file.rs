@@ -344,3 +344,47 @@ async fn the_source_reports_byte_positions_and_handles_truncation_and_bad_utf8()
     assert_eq!(texts(&batch), vec!["{\"c\": 3}".to_string()]);
     assert!(batch.end_of_input);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_removes_output_written_after_the_checkpoint() {
+    let dir = TempDir::new("sink-restore");
+    let input = dir.file("in.jsonl");
+    let output = dir.file("out.jsonl");
+    std::fs::write(&input, "{\"n\": 1}\n{\"n\": 2}\n").unwrap();
+    let def = StreamingPipelineDefinition::builder("file-sink-restore")
+        .source(
+            file_source(&input)
+                .option("follow", true)
+                .option("pollInterval", 10),
+        )
+        .sink(ConnectorConfig::new("file").option("path", output.as_str()))
+        .runtime(runtime(10))
+        .build()
+        .unwrap();
+    let orchestrator = StreamingPipelineOrchestrator::new(builtin_registry());
+    let handle = orchestrator.run(def.clone()).unwrap();
+    eventually("2 lines", Duration::from_secs(10), || {
+        read_lines(&output).len() == 2
+    })
+    .await;
+    handle.stop();
+    finish(&handle).await.unwrap();
+    // Output the checkpoint does not cover, as a crash after a write would leave it.
+    std::fs::write(&output, "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n").unwrap();
+    let handle = orchestrator.run(def).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&input)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"n\": 3}\n"))
+        .unwrap();
+    eventually("line 3", Duration::from_secs(10), || {
+        read_lines(&output).len() >= 3
+    })
+    .await;
+    handle.stop();
+    finish(&handle).await.unwrap();
+    assert_eq!(
+        read_lines(&output),
+        vec![r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#]
+    );
+}

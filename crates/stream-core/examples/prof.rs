@@ -1,60 +1,58 @@
+//! Scratch profiling harness (to be deleted).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use stream_core::value::parse_document;
+use std::fmt::Write;
+use stream_core::value::{parse_document, parse_document_fields, Document, ExtJsonMode};
 use stream_core::Pipeline;
+
+const STATUSES: [&str; 4] = ["PAID", "NEW", "CANCELLED", "PAID"];
+const REGIONS: [&str; 5] = ["eu-west", "us-east", "us-west", "ap-south", "sa-east"];
+fn orders_jsonl(n: usize) -> String {
+    let mut s = String::with_capacity(n * 200);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let customer = x % 50_000;
+        let status = STATUSES[(x >> 20) as usize % STATUSES.len()];
+        let region = REGIONS[(x >> 30) as usize % REGIONS.len()];
+        let value = (x >> 40) % 100_000;
+        let _ = writeln!(
+            s,
+            r#"{{"orderId":"o-{i}","customerId":"c-{customer}","status":"{status}","orderValue":{}.{:02},"currency":"EUR","region":"{region}","items":{},"ts":{{"$date":"2026-11-01T10:{:02}:{:02}Z"}}}}"#,
+            value / 100, value % 100, 1 + (x >> 50) % 5, (i / 60) % 60, i % 60
+        );
+    }
+    s
+}
+const GROUP_PIPELINE: &str = r#"[{"$match": {"status": "PAID"}},{"$group": {"_id": "$customerId", "orderCount": {"$count": {}}, "lifetimeValue": {"$sum": "$orderValue"}}}]"#;
+const MP: &str = r#"[{"$match": {"status": "PAID"}}, {"$project": {"customerId": 1, "orderValue": 1, "region": 1}}]"#;
+
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
-    let n: u64 = std::env::args()
-        .nth(2)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
-    let statuses = ["PAID", "NEW", "CANCELLED", "PAID"];
-    let mut docs = Vec::new();
-    for i in 0..n {
-        let x = i.wrapping_mul(0x9e3779b97f4a7c15);
-        let l = format!(
-            r#"{{"orderId":"o-{i}","customerId":"c-{}","status":"{}","orderValue":{}.25,"currency":"EUR","region":"eu-west","items":3,"ts":{{"$date":"2026-11-01T10:00:00Z"}}}}"#,
-            x % 50000,
-            statuses[(x >> 20) as usize % 4],
-            x % 1000
-        );
-        docs.push(parse_document(&l).unwrap());
-    }
-    if mode == "jsonl" || mode == "base" {
-        let mut text = String::new();
-        for i in 0..n {
-            let x = i.wrapping_mul(0x9e3779b97f4a7c15);
-            text.push_str(&format!(r#"{{"orderId":"o-{i}","customerId":"c-{}","status":"{}","orderValue":{}.25,"currency":"EUR","region":"eu-west","items":3,"ts":{{"$date":"2026-11-01T10:00:00Z"}}}}"#, x % 50000, statuses[(x >> 20) as usize % 4], x % 1000));
-            text.push('\n');
-        }
-        let p = Pipeline::compile_json(r#"[{"$match": {"status": "PAID"}}, {"$group": {"_id": "$customerId", "orderCount": {"$count": {}}, "lifetimeValue": {"$sum": "$orderValue"}}}]"#).unwrap();
-        println!(
-            "{}",
-            if mode == "jsonl" {
-                jsonl(&p, &text)
-            } else {
-                base(&text)
-            }
-        );
-        return;
-    }
-    let spec = match mode.as_str() {
-        "match" => r#"[{"$match": {"status": "PAID"}}]"#,
-        "none" => r#"[]"#,
+    let n: usize = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let text = orders_jsonl(n);
+    let r = match mode.as_str() {
+        "jsonl" => jsonl(&Pipeline::compile_json(GROUP_PIPELINE).unwrap(), &text),
+        "base" => base(&text),
         _ => {
-            r#"[{"$match": {"status": "PAID"}}, {"$project": {"customerId": 1, "orderValue": 1, "region": 1}}]"#
+            let docs: Vec<Document> = text.lines().map(|l| parse_document(l).unwrap()).collect();
+            let p = Pipeline::compile_json(MP).unwrap();
+            if mode == "ref" { run_ref(&p, &docs) } else { run_owned(&p, docs) }
         }
     };
-    let p = Pipeline::compile_json(spec).unwrap();
-    let out = run_it(&p, docs);
-    println!("{}", out);
+    println!("{r}");
 }
 #[inline(never)]
-fn run_it(p: &Pipeline, docs: Vec<stream_core::Document>) -> usize {
-    let out = p.run(docs);
-    out.documents.len()
+fn run_owned(p: &Pipeline, docs: Vec<Document>) -> usize {
+    p.run(docs).documents.len()
 }
-
+#[inline(never)]
+fn run_ref(p: &Pipeline, docs: &[Document]) -> usize {
+    let _ = docs;
+    p.run(docs.to_vec()).documents.len()
+}
 #[inline(never)]
 fn jsonl(p: &Pipeline, text: &str) -> usize {
     let mut run = p.start();
@@ -62,16 +60,12 @@ fn jsonl(p: &Pipeline, text: &str) -> usize {
     let mut errors = Vec::new();
     let fields = p.input_fields().unwrap();
     for line in text.lines() {
-        run.push(
-            stream_core::value::parse_document_fields(line, fields).unwrap(),
-            &mut out,
-            &mut errors,
-        );
+        run.push(parse_document_fields(line, fields).unwrap(), &mut out, &mut errors);
     }
     run.finish(&mut out, &mut errors);
-    let mut s = String::new();
+    let mut s = String::with_capacity(out.len() * 64);
     for d in &out {
-        d.write_json(&mut s, stream_core::value::ExtJsonMode::Relaxed);
+        d.write_json(&mut s, ExtJsonMode::Relaxed);
         s.push('\n');
     }
     s.len()
@@ -85,34 +79,34 @@ struct Order<'a> {
     #[serde(rename = "orderValue")]
     order_value: f64,
 }
+#[derive(serde::Serialize)]
+struct Ltv<'a> {
+    _id: &'a str,
+    #[serde(rename = "orderCount")]
+    order_count: i64,
+    #[serde(rename = "lifetimeValue")]
+    lifetime_value: f64,
+}
 #[inline(never)]
 fn base(text: &str) -> usize {
-    let mut groups: std::collections::HashMap<String, (i64, f64)> =
-        std::collections::HashMap::new();
+    let mut groups: std::collections::HashMap<String, (i64, f64)> = std::collections::HashMap::new();
+    let mut order: Vec<String> = Vec::new();
     for line in text.lines() {
         let o: Order = serde_json::from_str(line).unwrap();
-        if o.status != "PAID" {
-            continue;
-        }
+        if o.status != "PAID" { continue; }
         match groups.get_mut(o.customer_id.as_ref()) {
-            Some(g) => {
-                g.0 += 1;
-                g.1 += o.order_value;
-            }
+            Some(g) => { g.0 += 1; g.1 += o.order_value; }
             None => {
                 groups.insert(o.customer_id.to_string(), (1, o.order_value));
+                order.push(o.customer_id.to_string());
             }
         }
     }
-    let mut s = String::new();
-    for (k, (c, t)) in &groups {
-        s.push_str(
-            &serde_json::to_string(
-                &serde_json::json!({"_id": k, "orderCount": c, "lifetimeValue": t}),
-            )
-            .unwrap(),
-        );
-        s.push('\n');
+    let mut out = String::with_capacity(order.len() * 64);
+    for id in &order {
+        let (count, total) = groups[id];
+        out.push_str(&serde_json::to_string(&Ltv { _id: id, order_count: count, lifetime_value: total }).unwrap());
+        out.push('\n');
     }
-    s.len()
+    out.len()
 }

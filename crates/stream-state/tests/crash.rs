@@ -95,6 +95,7 @@ fn crash_child() {
                 sequence: seq,
                 positions,
                 operator_state: operator_state(seq),
+                sink_position: Value::Null,
                 created_at: 0,
             };
             store.save_checkpoint(&cp).await.unwrap();

@@ -58,6 +58,7 @@ fn checkpoint(pipeline: &str, seq: u64) -> Checkpoint {
         sequence: seq,
         positions,
         operator_state: rich_state(seq),
+        sink_position: Value::Int64(seq as i64),
         created_at: 1_700_000_000_000 + seq as i64,
     }
 }

@@ -130,6 +130,19 @@ pub trait Sink: Send {
     /// Makes everything written so far durable.
     async fn flush(&mut self) -> Result<(), ConnectorError>;
 
+    /// Where the sink's acknowledged output ends, for sinks that can roll back to it
+    /// (a file's length). Stored in every checkpoint; after a crash,
+    /// [`Sink::restore_position`] drops output written after the checkpoint, so replayed
+    /// records do not appear twice (exactly-once output).
+    fn committed_position(&self) -> Option<Value> {
+        None
+    }
+
+    /// Rolls the sink back to a position from [`Sink::committed_position`].
+    async fn restore_position(&mut self, _position: &Value) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
     /// True when the sink supports [`Sink::begin`] / [`Sink::commit`] / [`Sink::abort`].
     fn is_transactional(&self) -> bool {
         false

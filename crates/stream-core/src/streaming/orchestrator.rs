@@ -349,6 +349,12 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
             run.restore_state(&cp.operator_state)
                 .map_err(RunError::Restore)?;
         }
+        if !matches!(cp.sink_position, Value::Null) {
+            p.sink
+                .restore_position(&cp.sink_position)
+                .await
+                .map_err(RunError::Sink)?;
+        }
         positions = cp.positions;
         sequence = cp.sequence;
     }
@@ -858,6 +864,7 @@ impl Delivery {
                     sequence: self.sequence,
                     positions,
                     operator_state: state,
+                    sink_position: self.sink.committed_position().unwrap_or(Value::Null),
                     created_at: chrono::Utc::now().timestamp_millis(),
                 };
                 self.save_checkpoint(&cp).await?;

@@ -33,6 +33,8 @@ pub struct Checkpoint {
     pub positions: SourcePositions,
     /// Operator state, one entry per stage (`null` for stateless stages).
     pub operator_state: Vec<Value>,
+    /// The sink's committed position ([`super::Sink::committed_position`]), or null.
+    pub sink_position: Value,
     /// Wall-clock time of the checkpoint, epoch millis.
     pub created_at: i64,
 }
@@ -49,6 +51,7 @@ impl Checkpoint {
         d.insert("sequence", Value::Int64(self.sequence as i64));
         d.insert("positions", Value::Document(positions));
         d.insert("operatorState", Value::Array(self.operator_state.clone()));
+        d.insert("sinkPosition", self.sink_position.clone());
         d.insert("createdAt", Value::Date(self.created_at));
         d.to_json_mode(ExtJsonMode::Canonical).into_bytes()
     }
@@ -80,6 +83,7 @@ impl Checkpoint {
             .and_then(Value::as_array)
             .ok_or_else(|| corrupt("missing operatorState".into()))?
             .to_vec();
+        let sink_position = d.get("sinkPosition").cloned().unwrap_or(Value::Null);
         let created_at = match d.get("createdAt") {
             Some(Value::Date(ms)) => *ms,
             _ => return Err(corrupt("missing createdAt".into())),
@@ -89,6 +93,7 @@ impl Checkpoint {
             sequence,
             positions,
             operator_state,
+            sink_position,
             created_at,
         })
     }
@@ -257,12 +262,14 @@ mod tests {
                 Value::Null,
                 Value::Array(vec![Value::Int32(1), Value::Double(2.0)]),
             ],
+            sink_position: Value::Int64(99),
             created_at: 1_700_000_000_000,
         };
         store.save_checkpoint(&cp).await.unwrap();
         let back = store.load_checkpoint("p").await.unwrap().unwrap();
         assert_eq!(back.encode(), cp.encode());
         assert!(back.operator_state[1].identical(&cp.operator_state[1]));
+        assert!(back.sink_position.identical(&Value::Int64(99)));
         store.clear_checkpoint("p").await.unwrap();
         assert!(store.load_checkpoint("p").await.unwrap().is_none());
     }
