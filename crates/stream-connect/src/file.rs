@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use stream_core::streaming::{
     ConnectorConfig, ConnectorContext, ConnectorError, ConnectorProvider, DefinitionError, Payload,
-    Record, Sink, Source, SourceBatch, SourcePositions,
+    Progress, Record, Sink, Source, SourceBatch, SourcePositions,
 };
 use stream_core::value::{Document, Str, Value};
 use tokio::time::Instant;
@@ -452,10 +452,14 @@ impl Source for FileSource {
         !self.follow
     }
 
-    /// Total bytes of the input files (bounded mode only), not records: counting lines
-    /// would mean reading every file twice.
-    fn size_hint(&self) -> Option<u64> {
-        self.size_hint
+    /// Bytes read of the input files (bounded mode only): counting lines up front would
+    /// mean reading every file twice.
+    fn progress(&self) -> Option<Progress> {
+        self.size_hint.map(|total| Progress {
+            done: self.files.iter().map(|f| f.offset).sum(),
+            total,
+            unit: "bytes",
+        })
     }
 }
 

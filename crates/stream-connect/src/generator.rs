@@ -30,7 +30,7 @@ use std::path::Path;
 use std::time::Duration;
 use stream_core::streaming::{
     ConnectorConfig, ConnectorContext, ConnectorError, ConnectorProvider, DefinitionError, Payload,
-    Record, Sink, Source, SourceBatch, SourcePositions,
+    Progress, Record, Sink, Source, SourceBatch, SourcePositions,
 };
 use stream_core::value::{Document, ExtJsonMode, Str, Value};
 use tokio::time::Instant;
@@ -420,8 +420,12 @@ impl Source for GeneratorSource {
         self.count.is_some()
     }
 
-    /// The `count`, when given.
-    fn size_hint(&self) -> Option<u64> {
-        self.count
+    /// Events generated out of `count`, when given.
+    fn progress(&self) -> Option<Progress> {
+        self.count.map(|total| Progress {
+            done: self.next,
+            total,
+            unit: "records",
+        })
     }
 }

@@ -5,7 +5,7 @@ use crate::deps::input_fields;
 use crate::error::{CompileError, EvalError, StageError};
 use crate::expr::{CompileCtx, Env};
 use crate::functions::FunctionRegistry;
-use crate::stages::{compile_stages, Stage, StageState};
+use crate::stages::{compile_stages, RefOutcome, Stage, StageState};
 use crate::value::{parse_value, Document, ExtJsonError, Str, Value};
 use std::sync::Arc;
 
@@ -146,6 +146,41 @@ impl Pipeline {
         result
     }
 
+    /// Like [`Pipeline::run`] on documents the caller keeps: the same results, without
+    /// taking ownership of the inputs. Filtering stages (`$match`, `$limit`, `$skip`) test
+    /// the borrowed document and an inclusion `$project` copies only the fields it keeps,
+    /// so a document is never cloned whole by those stages; other stages work on a copy.
+    /// Useful to evaluate events owned elsewhere, or one event against many pipelines.
+    ///
+    /// ```
+    /// use stream_core::Pipeline;
+    /// use stream_core::value::parse_document;
+    ///
+    /// let rules = [
+    ///     Pipeline::compile_json(r#"[{"$match": {"status": "PAID"}}, {"$project": {"amount": 1, "_id": 0}}]"#).unwrap(),
+    ///     Pipeline::compile_json(r#"[{"$match": {"amount": {"$gt": 100}}}]"#).unwrap(),
+    /// ];
+    /// let events = [
+    ///     parse_document(r#"{"status": "PAID", "amount": 150}"#).unwrap(),
+    ///     parse_document(r#"{"status": "NEW", "amount": 7}"#).unwrap(),
+    /// ];
+    /// // Every rule sees every event; the events stay with the caller.
+    /// let paid = rules[0].run_ref(&events);
+    /// assert_eq!(paid.documents.len(), 1);
+    /// assert_eq!(paid.documents[0].to_json(), r#"{"amount":150}"#);
+    /// let large = rules[1].run_ref(&events);
+    /// assert_eq!(large.documents[0].to_json(), events[0].to_json());
+    /// ```
+    pub fn run_ref<'d>(&self, docs: impl IntoIterator<Item = &'d Document>) -> BatchResult {
+        let mut run = self.start();
+        let mut result = BatchResult::default();
+        for doc in docs {
+            run.push_ref(doc, &mut result.documents, &mut result.errors);
+        }
+        run.finish(&mut result.documents, &mut result.errors);
+        result
+    }
+
     /// Evaluates one document as a batch of one; the first error fails the call.
     pub fn eval(&self, doc: Document) -> Result<Vec<Document>, StageError> {
         let result = self.run([doc]);
@@ -201,6 +236,25 @@ impl PipelineRun {
     /// Errors (at most one per derived document) go to `errors`.
     pub fn push(&mut self, doc: Document, out: &mut Vec<Document>, errors: &mut Vec<StageError>) {
         push_from(
+            &mut self.stages,
+            &mut self.slots,
+            0,
+            doc,
+            &self.env,
+            out,
+            errors,
+        );
+    }
+
+    /// Like [`PipelineRun::push`] for a document the caller keeps (see
+    /// [`Pipeline::run_ref`]); the outputs and errors are the same.
+    pub fn push_ref(
+        &mut self,
+        doc: &Document,
+        out: &mut Vec<Document>,
+        errors: &mut Vec<StageError>,
+    ) {
+        push_ref_from(
             &mut self.stages,
             &mut self.slots,
             0,
@@ -342,6 +396,49 @@ fn stage_error(stage: &dyn Stage, index: usize, error: EvalError) -> StageError 
         stage: stage.name().to_string(),
         error,
     }
+}
+
+/// [`push_from`] for a borrowed document: it stays borrowed while stages pass it through
+/// ([`RefOutcome::PassThrough`]); the outputs of the first stage that emits continue owned.
+fn push_ref_from(
+    stages: &mut [Box<dyn Stage>],
+    slots: &mut [StageSlot],
+    index: usize,
+    doc: &Document,
+    env: &Env,
+    out: &mut Vec<Document>,
+    errors: &mut Vec<StageError>,
+) {
+    let (Some((stage, rest_stages)), Some((slot, rest_slots))) =
+        (stages.split_first_mut(), slots.split_first_mut())
+    else {
+        out.push(doc.clone());
+        return;
+    };
+    let mut local = std::mem::take(&mut slot.buf);
+    let timed = slot.stats.documents_in % TIME_SAMPLE == 0;
+    let started = timed.then(std::time::Instant::now);
+    slot.stats.documents_in += 1;
+    let outcome = stage.process_ref(doc, env, &mut local);
+    if let Some(t) = started {
+        slot.stats.nanos += t.elapsed().as_nanos() as u64 * TIME_SAMPLE;
+    }
+    match outcome {
+        Ok(RefOutcome::PassThrough) => {
+            slot.stats.documents_out += 1;
+            push_ref_from(rest_stages, rest_slots, index + 1, doc, env, out, errors);
+        }
+        Ok(RefOutcome::Emitted) => {}
+        Err(e) => {
+            slot.stats.errors += 1;
+            errors.push(stage_error(&**stage, index, e));
+        }
+    }
+    slot.stats.documents_out += local.len() as u64;
+    for d in local.drain(..) {
+        push_from(rest_stages, rest_slots, index + 1, d, env, out, errors);
+    }
+    slot.buf = local;
 }
 
 fn push_from(

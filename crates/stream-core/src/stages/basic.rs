@@ -4,7 +4,7 @@
 mod projection;
 mod reshape;
 
-use super::{Stage, StageCompileFn, StageState};
+use super::{RefOutcome, Stage, StageCompileFn, StageState};
 use crate::error::{CompileError, EvalError};
 use crate::expr::{CompileCtx, Env};
 use crate::query::Query;
@@ -46,6 +46,18 @@ impl Stage for Match {
             out.push(doc);
         }
         Ok(())
+    }
+    fn process_ref(
+        &mut self,
+        doc: &Document,
+        env: &Env,
+        _out: &mut Vec<Document>,
+    ) -> Result<RefOutcome, EvalError> {
+        Ok(if self.query.matches(doc, env)? {
+            RefOutcome::PassThrough
+        } else {
+            RefOutcome::Emitted
+        })
     }
     fn fresh(&self) -> Box<dyn Stage> {
         Box::new(self.clone())
@@ -108,6 +120,19 @@ impl Stage for Limit {
         }
         Ok(())
     }
+    fn process_ref(
+        &mut self,
+        _doc: &Document,
+        _env: &Env,
+        _out: &mut Vec<Document>,
+    ) -> Result<RefOutcome, EvalError> {
+        Ok(if self.seen < self.limit {
+            self.seen += 1;
+            RefOutcome::PassThrough
+        } else {
+            RefOutcome::Emitted
+        })
+    }
     fn fresh(&self) -> Box<dyn Stage> {
         Box::new(Limit {
             limit: self.limit,
@@ -156,6 +181,19 @@ impl Stage for Skip {
             out.push(doc);
         }
         Ok(())
+    }
+    fn process_ref(
+        &mut self,
+        _doc: &Document,
+        _env: &Env,
+        _out: &mut Vec<Document>,
+    ) -> Result<RefOutcome, EvalError> {
+        Ok(if self.seen < self.skip {
+            self.seen += 1;
+            RefOutcome::Emitted
+        } else {
+            RefOutcome::PassThrough
+        })
     }
     fn fresh(&self) -> Box<dyn Stage> {
         Box::new(Skip {

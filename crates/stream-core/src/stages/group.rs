@@ -15,11 +15,14 @@
 //! when `complete` ([`GroupStage::emit_all`]), without ending the input.
 
 use super::accumulators::{compile_accumulator, Accumulator, AccumulatorSpec};
-use super::{Stage, StageCompileFn, StageState};
+use super::{RefOutcome, Stage, StageCompileFn, StageState};
 use crate::error::{path_key, CompileError, EvalError};
 use crate::expr::{compile_expr, CompileCtx, Ctx, Env, Expr};
-use crate::value::{compare_values, Document, HashableValue, Str, Value, ValueHashMap};
+use crate::value::{compare_values, Document, HashableValue, Str, Value};
 use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 /// Stages of this family.
@@ -234,11 +237,74 @@ struct GroupRow {
     changed: bool,
 }
 
+/// The groups' index by MongoDB key equality, looked up with a borrowed key so that a
+/// document of an existing group costs no clone of its key: `heads` maps a key's hash
+/// (consistent with [`HashableValue`]) to the newest group with that hash, and `next[i]`
+/// chains group `i` to the previous group with the same hash (collisions are rare).
+#[derive(Debug, Default)]
+struct GroupIndex {
+    hasher: foldhash::fast::RandomState,
+    heads: HashMap<u64, usize, BuildHasherDefault<PrehashedHasher>>,
+    next: Vec<Option<usize>>,
+}
+
+impl GroupIndex {
+    fn hash(&self, key: &Value) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        HashableValue::hash_ref(key, &mut h);
+        h.finish()
+    }
+
+    /// The group whose key equals `key` (which hashes to `hash`).
+    fn find(&self, hash: u64, key: &Value, groups: &[GroupRow]) -> Option<usize> {
+        let mut cur = self.heads.get(&hash).copied();
+        while let Some(i) = cur {
+            let row = groups.get(i)?;
+            if compare_values(&row.key, key) == Ordering::Equal {
+                return Some(i);
+            }
+            cur = self.next.get(i).copied().flatten();
+        }
+        None
+    }
+
+    /// Records the group just appended at index `i` (= the number of earlier groups).
+    fn insert(&mut self, hash: u64, i: usize) {
+        debug_assert_eq!(self.next.len(), i);
+        let prev = self.heads.insert(hash, i);
+        self.next.push(prev);
+    }
+
+    fn clear(&mut self) {
+        self.heads.clear();
+        self.next.clear();
+    }
+}
+
+/// The hasher of [`GroupIndex::heads`], whose keys are already hashes.
+#[derive(Debug, Default)]
+struct PrehashedHasher(u64);
+
+impl Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; this keeps any other use correct.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// The `$group` stage with its run state.
 #[derive(Debug)]
 pub struct GroupStage {
     config: Arc<GroupConfig>,
-    index: ValueHashMap<usize>,
+    index: GroupIndex,
     groups: Vec<GroupRow>,
     changed: Vec<usize>,
 }
@@ -247,7 +313,7 @@ impl GroupStage {
     fn new(config: Arc<GroupConfig>) -> Self {
         GroupStage {
             config,
-            index: ValueHashMap::default(),
+            index: GroupIndex::default(),
             groups: Vec::new(),
             changed: Vec::new(),
         }
@@ -279,6 +345,37 @@ impl GroupStage {
         self.groups.len()
     }
 
+    /// Folds one document into its group (reading it only).
+    fn add(&mut self, doc: &Document, env: &Env) -> Result<(), EvalError> {
+        let ctx = Ctx::new(doc, env);
+        let config = &*self.config;
+        let key = config.id.eval(&ctx)?;
+        let inputs = config.fields.eval_inputs(&ctx)?;
+        let key: &Value = if key.is_missing() { &Value::Null } else { &key };
+        let hash = self.index.hash(key);
+        let i = match self.index.find(hash, key, &self.groups) {
+            Some(i) => i,
+            None => {
+                let accs = config.fields.start(key, env)?;
+                let i = self.groups.len();
+                self.groups.push(GroupRow {
+                    key: key.clone(),
+                    accs,
+                    changed: false,
+                });
+                self.index.insert(hash, i);
+                i
+            }
+        };
+        let row = &mut self.groups[i];
+        OutputFields::apply(&mut row.accs, inputs, &ctx)?;
+        if !row.changed {
+            row.changed = true;
+            self.changed.push(i);
+        }
+        Ok(())
+    }
+
     fn drain(&mut self, out: &mut Vec<Document>) {
         self.index.clear();
         self.changed.clear();
@@ -299,36 +396,17 @@ impl Stage for GroupStage {
         env: &Env,
         _out: &mut Vec<Document>,
     ) -> Result<(), EvalError> {
-        let ctx = Ctx::new(&doc, env);
-        let config = &*self.config;
-        let key = config.id.eval(&ctx)?;
-        let inputs = config.fields.eval_inputs(&ctx)?;
-        let key = HashableValue(if key.is_missing() {
-            Value::Null
-        } else {
-            key.into_owned()
-        });
-        let i = match self.index.get(&key) {
-            Some(&i) => i,
-            None => {
-                let accs = config.fields.start(&key.0, env)?;
-                self.groups.push(GroupRow {
-                    key: key.0.clone(),
-                    accs,
-                    changed: false,
-                });
-                let i = self.groups.len() - 1;
-                self.index.insert(key, i);
-                i
-            }
-        };
-        let row = &mut self.groups[i];
-        OutputFields::apply(&mut row.accs, inputs, &ctx)?;
-        if !row.changed {
-            row.changed = true;
-            self.changed.push(i);
-        }
-        Ok(())
+        self.add(&doc, env)
+    }
+
+    fn process_ref(
+        &mut self,
+        doc: &Document,
+        env: &Env,
+        _out: &mut Vec<Document>,
+    ) -> Result<RefOutcome, EvalError> {
+        self.add(doc, env)?;
+        Ok(RefOutcome::Emitted)
     }
 
     fn finish(&mut self, _env: &Env, out: &mut Vec<Document>) -> Result<(), EvalError> {
@@ -388,13 +466,11 @@ impl Stage for GroupStage {
             };
             let accs = self.config.fields.restore_row(name, states)?;
             let i = restored.groups.len();
-            if restored
-                .index
-                .insert(HashableValue(key.clone()), i)
-                .is_some()
-            {
+            let hash = restored.index.hash(key);
+            if restored.index.find(hash, key, &restored.groups).is_some() {
                 return Err(invalid_state(name, item));
             }
+            restored.index.insert(hash, i);
             restored.groups.push(GroupRow {
                 key: key.clone(),
                 accs,

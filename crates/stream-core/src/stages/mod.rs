@@ -37,6 +37,23 @@ pub trait Stage: Send + fmt::Debug {
         out: &mut Vec<Document>,
     ) -> Result<(), EvalError>;
 
+    /// Processes one input document the caller keeps (see [`crate::Pipeline::run_ref`]).
+    /// A stage that keeps the document unchanged (a filter that lets it through) returns
+    /// [`RefOutcome::PassThrough`] and the caller forwards the same reference, so nothing
+    /// is cloned; other outputs are appended to `out`. The default clones the document
+    /// and calls [`Stage::process`]; stages override it when they can do better (`$match`
+    /// filters by reference, an inclusion `$project` clones only the fields it keeps).
+    /// The results must be exactly those of [`Stage::process`].
+    fn process_ref(
+        &mut self,
+        doc: &Document,
+        env: &Env,
+        out: &mut Vec<Document>,
+    ) -> Result<RefOutcome, EvalError> {
+        self.process(doc.clone(), env, out)?;
+        Ok(RefOutcome::Emitted)
+    }
+
     /// The input has ended: emit whatever is buffered.
     fn finish(&mut self, _env: &Env, _out: &mut Vec<Document>) -> Result<(), EvalError> {
         Ok(())
@@ -84,6 +101,16 @@ pub trait Stage: Send + fmt::Debug {
     ) -> Result<(), EvalError> {
         Ok(())
     }
+}
+
+/// What [`Stage::process_ref`] did with a borrowed input document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefOutcome {
+    /// The stage's outputs (possibly none) were appended to `out`.
+    Emitted,
+    /// The stage emits the input document itself, unchanged, as its only output; the
+    /// caller passes the borrowed document on instead of a copy.
+    PassThrough,
 }
 
 /// A stage's contribution to a checkpoint.

@@ -78,6 +78,17 @@ pub struct Record {
     pub event_time: Option<i64>,
 }
 
+/// How far a bounded source has read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Units read so far.
+    pub done: u64,
+    /// Units in the whole input.
+    pub total: u64,
+    /// What is counted, e.g. `bytes` or `records`.
+    pub unit: &'static str,
+}
+
 /// Positions per partition: what a checkpoint stores and a source resumes from.
 pub type SourcePositions = BTreeMap<String, Value>;
 
@@ -114,8 +125,9 @@ pub trait Source: Send {
     /// True when the input is finite (a file without `follow`).
     fn is_bounded(&self) -> bool;
 
-    /// Total records when known up front (for progress display).
-    fn size_hint(&self) -> Option<u64> {
+    /// How far a bounded source has read, in its own unit (bytes of a file, records of
+    /// a generator), for progress display.
+    fn progress(&self) -> Option<Progress> {
         None
     }
 }

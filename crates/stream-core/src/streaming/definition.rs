@@ -231,7 +231,9 @@ pub struct RuntimeConfig {
     pub trigger: Trigger,
     /// What `$group` emits at a trigger (`outputMode`).
     pub output_mode: OutputMode,
-    /// Minimum time between checkpoints (`checkpointInterval`, default 0: every batch).
+    /// Minimum time between checkpoints (`checkpointInterval`, default 1 s). Operator state
+    /// is snapshotted at each checkpoint, so every micro-batch would be too often for a
+    /// large `$group`; a stop or the end of input always checkpoints.
     pub checkpoint_interval: Duration,
     /// `processingGuarantee`: `at_least_once` (default) or `exactly_once`.
     pub processing_guarantee: ProcessingGuarantee,
@@ -247,7 +249,7 @@ impl Default for RuntimeConfig {
             worker_thread_pool_size: std::thread::available_parallelism().map_or(2, |n| n.get()),
             trigger: Trigger::Continuous,
             output_mode: OutputMode::Update,
-            checkpoint_interval: Duration::ZERO,
+            checkpoint_interval: Duration::from_secs(1),
             processing_guarantee: ProcessingGuarantee::AtLeastOnce,
         }
     }

@@ -3,6 +3,7 @@
 //! `metrics` crate facade so any exporter (Prometheus in `srotax run --metrics-addr`)
 //! can publish them, tagged with the pipeline id and the definition's `metrics.tags`.
 
+use super::connector::Progress;
 use crate::pipeline::StageStats;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,7 @@ pub struct PipelineMetrics {
     checkpoints: AtomicU64,
     replayed: AtomicU64,
     lag: AtomicU64,
+    progress: Mutex<Option<Progress>>,
     stages: Mutex<Vec<StageMetrics>>,
     labels: Vec<(String, String)>,
 }
@@ -62,6 +64,8 @@ pub struct MetricsSnapshot {
     pub replayed: u64,
     /// Records available in the source but not yet read, when the source can tell.
     pub lag: u64,
+    /// How far a bounded source has read, when it can tell.
+    pub progress: Option<Progress>,
     /// Per-stage figures.
     pub stages: Vec<StageMetrics>,
 }
@@ -131,6 +135,11 @@ impl PipelineMetrics {
         metrics::histogram!("stream.batch.duration", self.labels()).record(duration.as_secs_f64());
     }
 
+    /// The source's progress.
+    pub fn set_progress(&self, progress: Option<Progress>) {
+        *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = progress;
+    }
+
     /// Source lag (records not yet read).
     pub fn set_lag(&self, lag: u64) {
         self.lag.store(lag, Ordering::Relaxed);
@@ -184,6 +193,7 @@ impl PipelineMetrics {
             checkpoints: get(&self.checkpoints),
             replayed: get(&self.replayed),
             lag: get(&self.lag),
+            progress: *self.progress.lock().unwrap_or_else(|p| p.into_inner()),
             stages: self
                 .stages
                 .lock()

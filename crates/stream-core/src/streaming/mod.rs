@@ -15,7 +15,7 @@ pub mod orchestrator;
 pub mod state;
 
 pub use connector::{
-    ConnectorContext, ConnectorError, ConnectorProvider, ConnectorRegistry, ErrorKind, Payload,
+    ConnectorContext, ConnectorError, ConnectorProvider, ConnectorRegistry, ErrorKind, Payload, Progress,
     Record, Sink, Source, SourceBatch, SourcePositions,
 };
 pub use definition::{

@@ -464,6 +464,7 @@ async fn source_loop(
         match source.next_batch(fetch.batch_size, fetch.max_wait).await {
             Ok(batch) => {
                 attempt = 1;
+                metrics.set_progress(source.progress());
                 let end = batch.end_of_input || (fetch.available_now && batch.records.is_empty());
                 if !batch.records.is_empty() || !end {
                     let depth = tx.max_capacity() - tx.capacity();

@@ -119,6 +119,14 @@ impl Hash for HashableValue {
     }
 }
 
+impl HashableValue {
+    /// Feeds a borrowed value to `state` exactly as `HashableValue(v.clone())` would, so a
+    /// key can be looked up without cloning it.
+    pub fn hash_ref<H: Hasher>(v: &Value, state: &mut H) {
+        hash_value(v, state);
+    }
+}
+
 fn hash_value<H: Hasher>(v: &Value, state: &mut H) {
     state.write_u8(canonical_rank(v));
     match v {

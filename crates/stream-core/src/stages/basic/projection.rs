@@ -13,7 +13,7 @@
 
 use crate::error::{path_index, path_key, CompileError, EvalError};
 use crate::expr::{compile_expr, CompileCtx, Ctx, Env, Expr};
-use crate::stages::Stage;
+use crate::stages::{RefOutcome, Stage};
 use crate::value::{Document, Str, Value};
 use std::sync::Arc;
 
@@ -170,6 +170,26 @@ impl Stage for Projection {
         Ok(())
     }
 
+    /// An inclusion projection builds its output from the borrowed input, cloning only
+    /// the fields it keeps; the other modes edit a copy of the whole document anyway.
+    fn process_ref(
+        &mut self,
+        doc: &Document,
+        env: &Env,
+        out: &mut Vec<Document>,
+    ) -> Result<RefOutcome, EvalError> {
+        let spec = &*self.spec;
+        if spec.mode != Mode::Inclusion {
+            self.process(doc.clone(), env, out)?;
+            return Ok(RefOutcome::Emitted);
+        }
+        eval_all(&spec.exprs, doc, env, &mut self.scratch)?;
+        let projected = include_doc_ref(&spec.root, doc, &mut self.scratch, false);
+        self.scratch.clear();
+        out.push(projected);
+        Ok(RefOutcome::Emitted)
+    }
+
     fn fresh(&self) -> Box<dyn Stage> {
         Box::new(Projection {
             name: self.name,
@@ -224,9 +244,14 @@ fn include_doc(node: &Node, doc: Document, vals: &mut [Value], shared: bool) -> 
             }
         }
     }
-    // Then computed fields, in specification order. A sub-projection holding computed
-    // fields always produced a value above when its field existed in the input (so it
-    // kept the input position); otherwise it is appended here.
+    append_computed(node, &mut out, vals, shared);
+    out
+}
+
+/// Appends the computed fields of an inclusion level, in specification order. A
+/// sub-projection holding computed fields always produced a value already when its field
+/// existed in the input (so it kept the input position); otherwise it is appended here.
+fn append_computed(node: &Node, out: &mut Document, vals: &mut [Value], shared: bool) {
     if node.has_computed {
         for (k, e) in &node.entries {
             match e {
@@ -238,7 +263,46 @@ fn include_doc(node: &Node, doc: Document, vals: &mut [Value], shared: bool) -> 
             }
         }
     }
+}
+
+/// [`include_doc`] for a borrowed input: the same output, cloning only kept values.
+fn include_doc_ref(node: &Node, doc: &Document, vals: &mut [Value], shared: bool) -> Document {
+    let mut out = Document::with_capacity(node.entries.len());
+    let mut left = node.n_fields;
+    if left > 0 {
+        for (k, v) in doc.iter() {
+            match node.get(k) {
+                Some(Entry::Include) => out.push_unchecked(k.clone(), v.clone()),
+                Some(Entry::Child(c)) => {
+                    let v = include_value_ref(c, v, vals, shared);
+                    out.push_unchecked(k.clone(), v);
+                }
+                _ => continue,
+            }
+            left -= 1;
+            if left == 0 {
+                break;
+            }
+        }
+    }
+    append_computed(node, &mut out, vals, shared);
     out
+}
+
+/// [`include_value`] for a borrowed input.
+fn include_value_ref(node: &Node, v: &Value, vals: &mut [Value], shared: bool) -> Value {
+    match v {
+        Value::Document(d) => Value::Document(include_doc_ref(node, d, vals, shared)),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|x| include_value_ref(node, x, vals, true))
+                .filter(|x| !x.is_missing())
+                .collect(),
+        ),
+        _ if node.has_computed => Value::Document(new_doc(node, vals, shared)),
+        _ => Value::Missing,
+    }
 }
 
 fn include_value(node: &Node, v: Value, vals: &mut [Value], shared: bool) -> Value {
