@@ -4,6 +4,7 @@ use std::io;
 use std::path::PathBuf;
 use stream_core::value::ExtJsonError;
 use stream_core::CompileError;
+use crate::run::RunCommandError;
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -68,6 +69,9 @@ pub enum CliError {
         /// Documents that failed when blocking stages emitted at the end of the input.
         at_end: u64,
     },
+    /// `srotax run` failed.
+    #[error(transparent)]
+    Run(#[from] RunCommandError),
 }
 
 impl CliError {
@@ -81,6 +85,10 @@ impl CliError {
             | CliError::WriteOutput(_) => EXIT_IO,
             CliError::PipelineJson { .. } | CliError::InvalidPipeline(_) => EXIT_INVALID_PIPELINE,
             CliError::DocumentsFailed { .. } => EXIT_DOCUMENTS_FAILED,
+            CliError::Run(RunCommandError::Definition { .. } | RunCommandError::DuplicateId(_)) => {
+                EXIT_INVALID_PIPELINE
+            }
+            CliError::Run(_) => EXIT_IO,
         }
     }
 }

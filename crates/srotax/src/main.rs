@@ -3,14 +3,23 @@
 //! - `srotax eval --pipeline P.json [--input DOCS] [--output OUT]` runs a pipeline over
 //!   a finite input (rule-engine mode) and writes JSON Lines.
 //! - `srotax validate P.json` compiles a pipeline and reports its stages or the error.
+//! - `srotax run DEF.json [DEF2.json ...]` runs streaming pipeline definitions with
+//!   checkpoints until their bounded inputs end or SIGINT/SIGTERM stops them.
 //!
 //! Exit codes: 0 success, 1 I/O error, 2 invalid pipeline, 3 some input lines or
 //! documents failed (each is reported on stderr; the others were processed).
 //! Diagnostics go through `tracing`; set `RUST_LOG=debug` to see them.
 
+// mimalloc: the engine allocates many small documents; it measured faster than the
+// system allocator on the benchmarks (docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod error;
 mod eval;
 mod pipeline_file;
+mod run;
+mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use error::{CliError, EXIT_OK};
@@ -47,6 +56,23 @@ enum Command {
         /// Extended JSON flavour of the output.
         #[arg(long, value_enum, default_value_t = OutputMode::Relaxed)]
         ext_json: OutputMode,
+    },
+    /// Run streaming pipeline definitions (source → stages → sink, with checkpoints).
+    ///
+    /// Runs until every bounded input is done, or until SIGINT/SIGTERM stops the
+    /// pipelines gracefully. Exit codes: 0 ok, 1 a pipeline failed or a file is
+    /// unreadable, 2 invalid definition.
+    Run {
+        /// Definition files (`pipelineId`, `source`, `pipeline`, `sink`, ...).
+        #[arg(value_name = "DEF", required = true)]
+        definitions: Vec<PathBuf>,
+        /// Ignore stored checkpoints and start from the beginning.
+        #[arg(long)]
+        reset: bool,
+        /// Serve Prometheus metrics, /health and /ready on this address
+        /// (e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Check that a pipeline compiles; print its stages.
     ///
@@ -104,6 +130,16 @@ fn run(cli: Cli) -> Result<(), CliError> {
             };
             eval::eval(&pipeline, &opts).map(|_| ())
         }
+        Command::Run {
+            definitions,
+            reset,
+            metrics_addr,
+        } => run::run(run::RunSettings {
+            definitions,
+            reset,
+            metrics_addr,
+        })
+        .map_err(CliError::Run),
         Command::Validate { pipeline } => {
             let pipeline = pipeline_file::load(&pipeline)?;
             let mut stdout = std::io::stdout().lock();

@@ -26,6 +26,14 @@ pub async fn serve(
     pipelines: Arc<Vec<StreamingPipelineHandle>>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
+    // Histograms are summarised lazily; the exporter asks its owner to drain them.
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
     let bound = listener.local_addr()?;
     info!(addr = %bound, "serving /metrics, /health and /ready");
     let task = tokio::spawn(async move {

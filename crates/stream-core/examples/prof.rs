@@ -50,8 +50,7 @@ fn run_owned(p: &Pipeline, docs: Vec<Document>) -> usize {
 }
 #[inline(never)]
 fn run_ref(p: &Pipeline, docs: &[Document]) -> usize {
-    let _ = docs;
-    p.run(docs.to_vec()).documents.len()
+    p.run_ref(docs).documents.len()
 }
 #[inline(never)]
 fn jsonl(p: &Pipeline, text: &str) -> usize {
@@ -59,8 +58,15 @@ fn jsonl(p: &Pipeline, text: &str) -> usize {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let fields = p.input_fields().unwrap();
+    let mut doc = Document::new();
+    let owned = std::env::var_os("OWNED").is_some();
     for line in text.lines() {
-        run.push(parse_document_fields(line, fields).unwrap(), &mut out, &mut errors);
+        if owned {
+            run.push(parse_document_fields(line, fields).unwrap(), &mut out, &mut errors);
+        } else {
+            stream_core::value::parse_document_fields_into(line, fields, &mut doc).unwrap();
+            run.push_ref(&doc, &mut out, &mut errors);
+        }
     }
     run.finish(&mut out, &mut errors);
     let mut s = String::with_capacity(out.len() * 64);

@@ -434,9 +434,11 @@ fn push_ref_from(
             errors.push(stage_error(&**stage, index, e));
         }
     }
-    slot.stats.documents_out += local.len() as u64;
-    for d in local.drain(..) {
-        push_from(rest_stages, rest_slots, index + 1, d, env, out, errors);
+    if !local.is_empty() {
+        slot.stats.documents_out += local.len() as u64;
+        for d in local.drain(..) {
+            push_from(rest_stages, rest_slots, index + 1, d, env, out, errors);
+        }
     }
     slot.buf = local;
 }
@@ -467,9 +469,11 @@ fn push_from(
     if let Some(t) = started {
         slot.stats.nanos += t.elapsed().as_nanos() as u64 * TIME_SAMPLE;
     }
-    slot.stats.documents_out += local.len() as u64;
-    for d in local.drain(..) {
-        push_from(rest_stages, rest_slots, index + 1, d, env, out, errors);
+    if !local.is_empty() {
+        slot.stats.documents_out += local.len() as u64;
+        for d in local.drain(..) {
+            push_from(rest_stages, rest_slots, index + 1, d, env, out, errors);
+        }
     }
     slot.buf = local;
 }

@@ -130,7 +130,35 @@ fn run_case(case: &Document) -> Result<(), String> {
             show(&result.documents)
         ));
     }
-    check_projection_pushdown(&pipeline, case, &result)
+    check_projection_pushdown(&pipeline, case, &result)?;
+    check_borrowed_run(&pipeline, case, &result)
+}
+
+/// Evaluating borrowed documents (`Pipeline::run_ref`) must give the same result as the
+/// owned path.
+fn check_borrowed_run(
+    pipeline: &Pipeline,
+    case: &Document,
+    owned: &stream_core::BatchResult,
+) -> Result<(), String> {
+    let input = docs_of(case.get("input"), "input")?;
+    let result = pipeline.run_ref(&input);
+    let same_errors = result.errors.len() == owned.errors.len()
+        && result
+            .errors
+            .iter()
+            .zip(&owned.errors)
+            .all(|(a, b)| a.to_string() == b.to_string());
+    if !same_errors || !same_docs(&result.documents, &owned.documents, false) {
+        return Err(format!(
+            "run_ref changed the result\n      owned:    {} {:?}\n      borrowed: {} {:?}",
+            show(&owned.documents),
+            owned.errors,
+            show(&result.documents),
+            result.errors
+        ));
+    }
+    Ok(())
 }
 
 /// Parsing only `Pipeline::input_fields` must not change any result.

@@ -185,6 +185,14 @@ pub(crate) fn type_bit(code: i32) -> u32 {
 }
 
 fn cmp_matches(op: CmpOp, e: &Value, rhs: &Value) -> bool {
+    // The most common case, a string against a string: compared bytewise, exactly as
+    // `compare_values` does, without its type dispatch.
+    if let (Value::String(a), Value::String(b)) = (e, rhs) {
+        return match op {
+            CmpOp::Eq => a.as_bytes() == b.as_bytes(),
+            _ => ordering_matches(op, a.as_bytes().cmp(b.as_bytes())),
+        };
+    }
     if canonical_rank(e) != canonical_rank(rhs) {
         // Different type brackets never compare, except: missing equals null, and MinKey /
         // MaxKey bound everything.
@@ -203,7 +211,11 @@ fn cmp_matches(op: CmpOp, e: &Value, rhs: &Value) -> bool {
             return matches!(op, CmpOp::Lte | CmpOp::Gte) && e_nan && r_nan;
         }
     }
-    let o = compare_values(e, rhs);
+    ordering_matches(op, compare_values(e, rhs))
+}
+
+/// Whether `e <op> rhs` holds given how `e` compares with `rhs`.
+fn ordering_matches(op: CmpOp, o: Ordering) -> bool {
     match op {
         CmpOp::Eq => o == Ordering::Equal,
         CmpOp::Lt => o == Ordering::Less,

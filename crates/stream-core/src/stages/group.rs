@@ -559,6 +559,15 @@ impl Stage for SortByCount {
         self.group.process(doc, env, out)
     }
 
+    fn process_ref(
+        &mut self,
+        doc: &Document,
+        env: &Env,
+        out: &mut Vec<Document>,
+    ) -> Result<RefOutcome, EvalError> {
+        self.group.process_ref(doc, env, out)
+    }
+
     fn finish(&mut self, _env: &Env, out: &mut Vec<Document>) -> Result<(), EvalError> {
         let mut docs = Vec::with_capacity(self.group.group_count());
         self.group.drain(&mut docs);
@@ -617,6 +626,34 @@ fn compile_sort_by_count(
 mod tests {
     use super::*;
     use crate::value::parse_value;
+
+    #[test]
+    fn group_index_chains_hash_collisions() {
+        let row = |key: Value| GroupRow {
+            key,
+            accs: Vec::new(),
+            changed: false,
+        };
+        let groups = vec![
+            row(Value::from("a")),
+            row(Value::from(1)),
+            row(Value::from("c")),
+        ];
+        let mut index = GroupIndex::default();
+        // Force all three keys under one hash: lookups must still tell them apart.
+        for i in 0..groups.len() {
+            index.insert(7, i);
+        }
+        assert_eq!(index.find(7, &Value::from("a"), &groups), Some(0));
+        assert_eq!(index.find(7, &Value::from("c"), &groups), Some(2));
+        // MongoDB equality: 1.0 is the group of 1.
+        assert_eq!(index.find(7, &Value::from(1.0), &groups), Some(1));
+        assert_eq!(index.find(7, &Value::from("b"), &groups), None);
+        assert_eq!(index.find(8, &Value::from("a"), &groups), None);
+        // Equal keys hash alike across numeric types.
+        assert_eq!(index.hash(&Value::from(1)), index.hash(&Value::Int64(1)));
+        assert_eq!(index.hash(&Value::from(1)), index.hash(&Value::from(1.0)));
+    }
 
     #[test]
     fn emit_changed_reports_only_touched_groups() {

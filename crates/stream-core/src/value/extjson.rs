@@ -49,37 +49,80 @@ pub fn parse_document(text: &str) -> Result<Document, ExtJsonError> {
 /// Parses one JSON object, keeping only the top-level fields named in `fields` (the
 /// others are skipped without being built). Used with [`crate::Pipeline::input_fields`].
 pub fn parse_document_fields(text: &str, fields: &[Str]) -> Result<Document, ExtJsonError> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let doc = de::Deserializer::deserialize_map(&mut de, ProjectedVisitor { fields })?;
-    de.end()?;
+    let mut doc = Document::with_capacity(fields.len());
+    parse_document_fields_into(text, fields, &mut doc)?;
     Ok(doc)
+}
+
+/// [`parse_document_fields`] into an existing document, which is cleared first: a reader
+/// that evaluates each document by reference ([`crate::PipelineRun::push_ref`]) can reuse
+/// one document for every line and so allocate nothing per line for it. After an error
+/// the document holds an unspecified part of the input.
+pub fn parse_document_fields_into(
+    text: &str,
+    fields: &[Str],
+    doc: &mut Document,
+) -> Result<(), ExtJsonError> {
+    doc.fields.clear();
+    let mut de = serde_json::Deserializer::from_str(text);
+    de::Deserializer::deserialize_map(&mut de, ProjectedVisitor { fields, doc })?;
+    de.end()?;
+    Ok(())
 }
 
 struct ProjectedVisitor<'f> {
     fields: &'f [Str],
+    doc: &'f mut Document,
 }
 
 impl<'de> Visitor<'de> for ProjectedVisitor<'_> {
-    type Value = Document;
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Document, A::Error> {
-        let mut doc = Document::with_capacity(self.fields.len());
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Every key of the input is looked up among the wanted fields. Their bytes are
+        // taken out of the `Str`s once per document (up to 16; further ones are read in
+        // place), and lengths and first bytes are compared before whole names, so most
+        // keys are rejected without a string compare.
+        const CACHED: usize = 16;
+        let mut names: [&[u8]; CACHED] = [&[]; CACHED];
+        let cached = self.fields.len().min(CACHED);
+        for (slot, f) in names.iter_mut().zip(self.fields) {
+            *slot = f.as_bytes();
+        }
+        let same = |f: &[u8], k: &[u8]| f.len() == k.len() && f.first() == k.first() && f == k;
+        let wanted = |k: &[u8]| {
+            names[..cached].iter().position(|f| same(f, k)).or_else(|| {
+                let rest = self.fields.get(CACHED..)?;
+                let i = rest.iter().position(|f| same(f.as_bytes(), k))?;
+                Some(CACHED + i)
+            })
+        };
+        // Fields already read (bit i for `fields[i]`): a repeated key replaces the earlier
+        // value (the last one wins, as in MongoDB's parsers); beyond 64 fields, look it up.
+        let mut seen: u64 = 0;
         while let Some(KeyRef(k)) = map.next_key()? {
-            match self.fields.iter().find(|f| f.as_str() == k) {
-                Some(field) => {
+            match wanted(k.as_bytes()) {
+                Some(i) => {
                     let v = map.next_value_seed(ValueSeed)?;
-                    doc.push_json_field(field.clone(), v);
+                    let field = &self.fields[i];
+                    let bit = 1u64.checked_shl(i as u32).unwrap_or(0);
+                    if bit != 0 && seen & bit == 0 {
+                        seen |= bit;
+                        self.doc.push_unchecked(field.clone(), v);
+                    } else {
+                        self.doc.push_json_field(field.clone(), v);
+                    }
                 }
                 None => {
                     map.next_value::<de::IgnoredAny>()?;
                 }
             }
         }
-        Ok(doc)
+        Ok(())
     }
 }
 
@@ -622,10 +665,15 @@ fn write_f64(out: &mut String, n: f64) {
 }
 
 fn write_str(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
     out.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
+        // Most bytes need no escape: one cheap test before the full match.
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
         let esc: &str = match b {
             b'"' => "\\\"",
             b'\\' => "\\\\",
@@ -746,6 +794,26 @@ mod tests {
         assert_eq!(d.to_json(), r#"{"b":2,"d":4}"#);
         assert!(parse_document_fields("[1]", &fields).is_err());
         assert!(parse_document_fields(r#"{"a": }"#, &fields).is_err());
+    }
+
+    #[test]
+    fn projected_parse_into_reuses_the_document() {
+        let fields = [
+            Str::from("b"),
+            Str::from("longer_field_name_x"),
+            Str::from("a"),
+        ];
+        let mut d = Document::new();
+        parse_document_fields_into(r#"{"a": 1, "z": 0, "b": 2}"#, &fields, &mut d).unwrap();
+        assert_eq!(d.to_json(), r#"{"a":1,"b":2}"#);
+        // The document is cleared first; a repeated key keeps its first position and
+        // takes the last value, as the full parser does.
+        let text = r#"{"b": 1, "longer_field_name_x": true, "b": 3, "longer_field_name_y": 0}"#;
+        parse_document_fields_into(text, &fields, &mut d).unwrap();
+        assert_eq!(d.to_json(), r#"{"b":3,"longer_field_name_x":true}"#);
+        assert!(d.identical(&parse_document_fields(text, &fields).unwrap()));
+        let full = parse_document(text).unwrap();
+        assert_eq!(full.get("b").map(Value::to_json).as_deref(), Some("3"));
     }
 
     #[test]

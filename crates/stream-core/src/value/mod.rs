@@ -11,7 +11,10 @@ mod extjson;
 mod number;
 
 pub use compare::{canonical_rank, compare_values, HashableValue, ValueHashMap, ValueHashSet};
-pub use extjson::{parse_document, parse_document_fields, parse_value, ExtJsonError, ExtJsonMode};
+pub use extjson::{
+    parse_document, parse_document_fields, parse_document_fields_into, parse_value, ExtJsonError,
+    ExtJsonMode,
+};
 pub use number::Number;
 
 use compact_str::CompactString;

@@ -40,23 +40,38 @@ struct Node {
     probes: Vec<KeyProbe>,
 }
 
-/// A key's length and first eight bytes: equal keys have equal probes.
+/// A key's length, first eight bytes and last eight bytes: equal keys have equal probes,
+/// and keys of up to 16 bytes with equal probes are equal (the bytes cover the key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct KeyProbe {
     len: usize,
     head: u64,
+    tail: u64,
 }
 
 impl KeyProbe {
+    /// Keys longer than this need a string comparison after their probes matched.
+    const COVERED: usize = 16;
+
     #[inline]
     fn of(key: &str) -> KeyProbe {
         let b = key.as_bytes();
-        let mut head = [0u8; 8];
-        let n = b.len().min(8);
-        head[..n].copy_from_slice(&b[..n]);
+        // Fixed-size reads rather than a variable-length `copy_from_slice`, which compiles
+        // to a `memcpy` call costing more than the whole probe.
+        let (head, tail) = match (b.first_chunk::<8>(), b.last_chunk::<8>()) {
+            (Some(h), Some(t)) => (u64::from_le_bytes(*h), u64::from_le_bytes(*t)),
+            _ => {
+                let h = b
+                    .iter()
+                    .enumerate()
+                    .fold(0, |h, (i, &x)| h | u64::from(x) << (8 * i));
+                (h, 0)
+            }
+        };
         KeyProbe {
             len: b.len(),
-            head: u64::from_le_bytes(head),
+            head,
+            tail,
         }
     }
 }
@@ -77,7 +92,9 @@ impl Node {
         self.probes
             .iter()
             .zip(&self.entries)
-            .find(|(p, (k, _))| **p == probe && k.as_str() == key)
+            .find(|(p, (k, _))| {
+                **p == probe && (probe.len <= KeyProbe::COVERED || k.as_str() == key)
+            })
             .map(|(_, (_, e))| e)
     }
 
