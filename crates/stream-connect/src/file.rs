@@ -556,7 +556,13 @@ impl Sink for FileSink {
 
     /// The file's length after the last flush: everything before it is acknowledged.
     fn committed_position(&self) -> Option<Value> {
-        self.file.as_ref().map(|_| Value::Int64(self.size as i64))
+        // Before the first write the file is not open yet: its length on disk (0 when it
+        // does not exist) is where this run's output will start.
+        let size = match self.file {
+            Some(_) => self.size,
+            None => std::fs::metadata(&self.path).map_or(0, |m| m.len()),
+        };
+        Some(Value::Int64(size as i64))
     }
 
     /// Cuts off what was appended after the checkpoint (output of records the source

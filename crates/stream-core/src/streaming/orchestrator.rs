@@ -357,6 +357,18 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
         }
         positions = cp.positions;
         sequence = cp.sequence;
+    } else if let Some(sink_position) = p.sink.committed_position() {
+        // A first checkpoint before anything is read records where the sink's output
+        // starts, so a crash before the first regular checkpoint rolls it back too.
+        let initial = Checkpoint {
+            pipeline_id: id.clone(),
+            sequence: 0,
+            positions: SourcePositions::new(),
+            operator_state: Vec::new(),
+            sink_position,
+            created_at: chrono::Utc::now().timestamp_millis(),
+        };
+        p.store.save_checkpoint(&initial).await?;
     }
     set_status(&p.status, PipelineStatus::Running);
 
