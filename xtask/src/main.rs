@@ -2,12 +2,14 @@
 //!
 //! - `ci`: the full check a change must pass — format, clippy, tests (incl. doctests),
 //!   and a build of the fuzz target. `.ci/run` runs exactly this.
-//! - `bench [ARGS...]`: `cargo bench -p stream-core`, extra arguments passed through.
+//! - `bench [engine|streaming] [ARGS...]`: the criterion engine benchmarks and/or the
+//!   `srotax run` streaming benchmark against a hand-written baseline.
 //! - `fuzz build|run [TARGET] [--seconds N]`: build or run a fuzz target on a
 //!   stable toolchain (see `fuzz.rs`).
 //! - `services up|down|status`: local services (brokers, databases) the tests need.
 
 mod bench;
+mod bench_streaming;
 mod ci;
 mod fuzz;
 mod services;
@@ -21,7 +23,8 @@ usage: cargo xtask <command>
 
 commands:
   ci                       fmt check, clippy -D warnings, tests (incl. doctests), fuzz build
-  bench [ARGS...]          cargo bench -p stream-core [ARGS...]
+  bench [engine|streaming] [ARGS...]
+                           criterion engine benchmarks and/or srotax run vs a baseline
   fuzz build [--release]   build the fuzz targets (stable toolchain)
   fuzz run [TARGET] [--seconds N]
                            run a fuzz target (default pipeline_parser) for N s (default 30)

@@ -216,7 +216,7 @@ fn sigterm_stops_gracefully_and_metrics_are_served() {
     )
     .unwrap();
     let port = free_port();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["run", &def, "--metrics-addr", &format!("127.0.0.1:{port}")])
         .stderr(Stdio::piped())
         .spawn()
@@ -229,8 +229,10 @@ fn sigterm_stops_gracefully_and_metrics_are_served() {
         assert!(Instant::now() < deadline, "metrics never appeared");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(metrics.contains(r#"stream_records_in{pipeline="gen",tenant="acme"}"#), "{metrics}");
-    assert!(metrics.contains(r#"stream_stage_documents_in{pipeline="gen",tenant="acme",stage="0:$match"}"#), "{metrics}");
+    let labels = r#"pipeline="gen",source_connector="generator",sink_connector="file",tenant="acme""#;
+    assert!(metrics.contains(&format!("stream_records_in{{{labels}}}")), "{metrics}");
+    assert!(metrics.contains(&format!(r#"stream_stage_documents_in{{{labels},stage="0:$match"}}"#)), "{metrics}");
+    assert!(metrics.contains("stream_batch_duration"), "{metrics}");
     assert_eq!(http_get(port, "/health").as_deref(), Some("ok\n"));
     assert_eq!(http_get(port, "/ready").as_deref(), Some("ready\n"));
 

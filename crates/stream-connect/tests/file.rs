@@ -290,9 +290,7 @@ async fn the_source_reports_byte_positions_and_handles_truncation_and_bad_utf8()
     let dir = TempDir::new("source-api");
     let path = dir.file("in.jsonl");
     std::fs::write(&path, b"{\"a\": 1}\n{\"b\": \"\xff\"}\n").unwrap();
-    let ctx = ConnectorContext {
-        pipeline_id: "p".into(),
-    };
+    let ctx = ConnectorContext::new("p");
     let config = file_source(&path)
         .option("follow", true)
         .option("pollInterval", 10);

@@ -136,9 +136,7 @@ fn payload_json(r: &Record) -> String {
 
 #[tokio::test]
 async fn seek_resumes_exactly_after_the_checkpointed_event() {
-    let ctx = ConnectorContext {
-        pipeline_id: "seek".into(),
-    };
+    let ctx = ConnectorContext::new("seek");
     for config in [
         generator().option("seed", 3),
         generator().option("kind", "nexmark"),

@@ -434,6 +434,11 @@ async fn stop_checkpoints_and_a_restart_resumes_without_loss_or_duplicates() {
             .collect::<Vec<_>>()
     );
 
+    let context = handle.context();
+    let (sequence, positions) = context.checkpointed_positions();
+    assert!(sequence > 0);
+    assert_eq!(positions.get("lines"), Some(&Value::Int64(5)));
+
     // --reset ignores the checkpoint: everything is read again.
     let handle = h
         .orchestrator
@@ -522,4 +527,26 @@ async fn wait_for(cond: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("condition not reached within 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_listeners_see_every_batch_and_attributes_are_shared() {
+    struct Counting(AtomicUsize, Mutex<u64>);
+    impl MetricsListener for Counting {
+        fn on_batch(&self, pipeline_id: &str, m: &MetricsSnapshot) {
+            assert_eq!(pipeline_id, "test-pipeline");
+            self.0.fetch_add(1, Ordering::SeqCst);
+            *self.1.lock().unwrap() = m.documents_out;
+        }
+    }
+    let mut h = harness(&[r#"{"a": 1}"#, r#"{"a": 2}"#, r#"{"a": 3}"#], true, Collected::default());
+    let listener = Arc::new(Counting(AtomicUsize::new(0), Mutex::new(0)));
+    h.orchestrator.add_metrics_listener(listener.clone());
+    let handle = h.orchestrator.run(definition("[]", ErrorPolicyConfig::FailFast).build().unwrap()).unwrap();
+    handle.context().set_attribute("owner", Value::string("team-a"));
+    finish(&handle).await.unwrap();
+    // Batches of two records: [1, 2], [3], then the end-of-input flush.
+    assert!(listener.0.load(Ordering::SeqCst) >= 2);
+    assert_eq!(*listener.1.lock().unwrap(), 3);
+    assert_eq!(handle.context().attribute("owner"), Some(Value::string("team-a")));
 }

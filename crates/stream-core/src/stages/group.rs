@@ -233,46 +233,8 @@ struct GroupConfig {
 #[derive(Debug)]
 struct GroupRow {
     key: Value,
-    accs: RowAccs,
+    accs: Vec<Box<dyn Accumulator>>,
     changed: bool,
-}
-
-/// A group's accumulator states. Up to two (the common case) are held in the row itself
-/// rather than in a separate vector: one allocation less per group and one cache miss
-/// less per document, which matters once the groups outgrow the CPU caches.
-#[derive(Debug)]
-enum RowAccs {
-    One([Box<dyn Accumulator>; 1]),
-    Two([Box<dyn Accumulator>; 2]),
-    Many(Vec<Box<dyn Accumulator>>),
-}
-
-impl RowAccs {
-    fn new(accs: Vec<Box<dyn Accumulator>>) -> RowAccs {
-        match <[Box<dyn Accumulator>; 2]>::try_from(accs) {
-            Ok(a) => RowAccs::Two(a),
-            Err(accs) => match <[Box<dyn Accumulator>; 1]>::try_from(accs) {
-                Ok(a) => RowAccs::One(a),
-                Err(accs) => RowAccs::Many(accs),
-            },
-        }
-    }
-
-    fn as_slice(&self) -> &[Box<dyn Accumulator>] {
-        match self {
-            RowAccs::One(a) => a,
-            RowAccs::Two(a) => a,
-            RowAccs::Many(a) => a,
-        }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [Box<dyn Accumulator>] {
-        match self {
-            RowAccs::One(a) => a,
-            RowAccs::Two(a) => a,
-            RowAccs::Many(a) => a,
-        }
-    }
 }
 
 /// The groups' index by MongoDB key equality, looked up with a borrowed key so that a
@@ -363,11 +325,7 @@ impl GroupStage {
         for i in std::mem::take(&mut self.changed) {
             if let Some(row) = self.groups.get_mut(i) {
                 row.changed = false;
-                out.push(
-                    self.config
-                        .fields
-                        .output(row.key.clone(), row.accs.as_slice()),
-                );
+                out.push(self.config.fields.output(row.key.clone(), &row.accs));
             }
         }
     }
@@ -378,11 +336,7 @@ impl GroupStage {
         self.changed.clear();
         for row in &mut self.groups {
             row.changed = false;
-            out.push(
-                self.config
-                    .fields
-                    .output(row.key.clone(), row.accs.as_slice()),
-            );
+            out.push(self.config.fields.output(row.key.clone(), &row.accs));
         }
     }
 
@@ -406,7 +360,7 @@ impl GroupStage {
                 let i = self.groups.len();
                 self.groups.push(GroupRow {
                     key: key.clone(),
-                    accs: RowAccs::new(accs),
+                    accs,
                     changed: false,
                 });
                 self.index.insert(hash, i);
@@ -414,7 +368,7 @@ impl GroupStage {
             }
         };
         let row = &mut self.groups[i];
-        OutputFields::apply(row.accs.as_mut_slice(), inputs, &ctx)?;
+        OutputFields::apply(&mut row.accs, inputs, &ctx)?;
         if !row.changed {
             row.changed = true;
             self.changed.push(i);
@@ -426,7 +380,7 @@ impl GroupStage {
         self.index.clear();
         self.changed.clear();
         for row in self.groups.drain(..) {
-            out.push(self.config.fields.output(row.key, row.accs.as_slice()));
+            out.push(self.config.fields.output(row.key, &row.accs));
         }
     }
 }
@@ -490,7 +444,7 @@ impl Stage for GroupStage {
     fn checkpoint_state(&self) -> Result<StageState, EvalError> {
         let mut groups = Vec::with_capacity(self.groups.len());
         for row in &self.groups {
-            let Some(states) = OutputFields::save_row(row.accs.as_slice()) else {
+            let Some(states) = OutputFields::save_row(&row.accs) else {
                 return Ok(StageState::Unsupported);
             };
             groups.push(Value::Array(vec![
@@ -519,7 +473,7 @@ impl Stage for GroupStage {
             restored.index.insert(hash, i);
             restored.groups.push(GroupRow {
                 key: key.clone(),
-                accs: RowAccs::new(accs),
+                accs,
                 changed: *changed,
             });
             if *changed {
@@ -677,7 +631,7 @@ mod tests {
     fn group_index_chains_hash_collisions() {
         let row = |key: Value| GroupRow {
             key,
-            accs: RowAccs::new(Vec::new()),
+            accs: Vec::new(),
             changed: false,
         };
         let groups = vec![

@@ -3,6 +3,7 @@
 //! running source or sink. Core knows no concrete connector; `stream-connect` and
 //! applications register providers.
 
+use super::context::StreamingContext;
 use super::definition::{ConnectorConfig, DefinitionError};
 use crate::value::{Document, Str, Value};
 use async_trait::async_trait;
@@ -181,6 +182,20 @@ pub trait Sink: Send {
 pub struct ConnectorContext {
     /// The pipeline the connector serves.
     pub pipeline_id: String,
+    /// The pipeline's shared context (positions, counters, attributes).
+    pub context: Arc<StreamingContext>,
+}
+
+impl ConnectorContext {
+    /// A context for building connectors outside a running pipeline (tests, tools).
+    pub fn new(pipeline_id: impl Into<String>) -> Self {
+        let pipeline_id = pipeline_id.into();
+        let metrics = Arc::new(super::metrics::PipelineMetrics::default());
+        ConnectorContext {
+            context: Arc::new(StreamingContext::new(pipeline_id.clone(), metrics)),
+            pipeline_id,
+        }
+    }
 }
 
 /// Builds sources and sinks of one connector type.

@@ -8,6 +8,7 @@
 //! [`StreamingPipelineHandle`] to stop it, wait for it, and read its status and metrics.
 
 pub mod connector;
+pub mod context;
 pub mod definition;
 pub mod error_policy;
 pub mod metrics;
@@ -18,6 +19,7 @@ pub use connector::{
     ConnectorContext, ConnectorError, ConnectorProvider, ConnectorRegistry, ErrorKind, Payload, Progress,
     Record, Sink, Source, SourceBatch, SourcePositions,
 };
+pub use context::{MetricsListener, StreamingContext};
 pub use definition::{
     parse_duration, CircuitBreakerConfig, ConnectorConfig, DefinitionError, ErrorPolicyConfig,
     OutputMode, ProcessingGuarantee, RetryConfig, RuntimeConfig, StreamingPipelineDefinition,

@@ -23,6 +23,7 @@ use super::connector::{
 };
 use super::definition::{DefinitionError, OutputMode, StreamingPipelineDefinition, Trigger};
 use super::error_policy::{Decision, ErrorPolicy};
+use super::context::{MetricsListener, StreamingContext};
 use super::metrics::{MetricsRegistry, MetricsSnapshot, PipelineMetrics};
 use super::state::{
     Checkpoint, MemoryStateStoreProvider, StateError, StateStore, StateStoreProvider,
@@ -110,6 +111,7 @@ pub struct StreamingPipelineOrchestrator {
     connectors: ConnectorRegistry,
     state_stores: HashMap<String, Arc<dyn StateStoreProvider>>,
     metrics: MetricsRegistry,
+    listeners: Vec<Arc<dyn MetricsListener>>,
 }
 
 impl std::fmt::Debug for StreamingPipelineOrchestrator {
@@ -130,6 +132,7 @@ impl StreamingPipelineOrchestrator {
             connectors,
             state_stores: HashMap::new(),
             metrics: MetricsRegistry::new(),
+            listeners: Vec::new(),
         };
         o.register_state_store(Arc::new(MemoryStateStoreProvider::default()));
         o
@@ -139,6 +142,13 @@ impl StreamingPipelineOrchestrator {
     pub fn register_state_store(&mut self, provider: Arc<dyn StateStoreProvider>) -> &mut Self {
         self.state_stores
             .insert(provider.store_type().to_string(), provider);
+        self
+    }
+
+    /// Adds a listener called with a pipeline's counters after every delivered batch of
+    /// every pipeline started afterwards.
+    pub fn add_metrics_listener(&mut self, listener: Arc<dyn MetricsListener>) -> &mut Self {
+        self.listeners.push(listener);
         self
     }
 
@@ -162,8 +172,16 @@ impl StreamingPipelineOrchestrator {
         options: RunOptions,
     ) -> Result<StreamingPipelineHandle, DefinitionError> {
         let pipeline = def.compile_pipeline()?;
+        let metrics = Arc::new(PipelineMetrics::new(
+            &def.pipeline_id,
+            &def.source.connector_type,
+            &def.sink.connector_type,
+            &def.metric_tags,
+        ));
+        let context = Arc::new(StreamingContext::new(&def.pipeline_id, metrics.clone()));
         let ctx = ConnectorContext {
             pipeline_id: def.pipeline_id.clone(),
+            context: context.clone(),
         };
         let source = self.connectors.create_source(&def.source, &ctx)?;
         let sink = self.connectors.create_sink(&def.sink, &ctx)?;
@@ -194,7 +212,6 @@ impl StreamingPipelineOrchestrator {
                 return Err(DefinitionError::new("pipeline", problem));
             }
         }
-        let metrics = Arc::new(PipelineMetrics::new(&def.pipeline_id, &def.metric_tags));
         self.metrics.register(&def.pipeline_id, metrics.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(None);
@@ -208,6 +225,8 @@ impl StreamingPipelineOrchestrator {
             store,
             reset: options.reset,
             metrics: metrics.clone(),
+            context: context.clone(),
+            listeners: self.listeners.clone(),
             status: status.clone(),
             stop: stop_rx,
         };
@@ -231,6 +250,7 @@ impl StreamingPipelineOrchestrator {
             stop: stop_tx,
             status,
             metrics,
+            context,
             done: done_rx,
         })
     }
@@ -243,6 +263,7 @@ pub struct StreamingPipelineHandle {
     stop: watch::Sender<bool>,
     status: Arc<Mutex<PipelineStatus>>,
     metrics: Arc<PipelineMetrics>,
+    context: Arc<StreamingContext>,
     done: watch::Receiver<Option<Result<RunSummary, RunError>>>,
 }
 
@@ -297,6 +318,11 @@ impl StreamingPipelineHandle {
     pub fn metrics(&self) -> MetricsSnapshot {
         self.metrics.snapshot()
     }
+
+    /// The pipeline's shared context (checkpointed positions, attributes).
+    pub fn context(&self) -> &Arc<StreamingContext> {
+        &self.context
+    }
 }
 
 struct Parts {
@@ -308,6 +334,8 @@ struct Parts {
     store: Arc<dyn StateStore>,
     reset: bool,
     metrics: Arc<PipelineMetrics>,
+    context: Arc<StreamingContext>,
+    listeners: Vec<Arc<dyn MetricsListener>>,
     status: Arc<Mutex<PipelineStatus>>,
     stop: watch::Receiver<bool>,
 }
@@ -417,6 +445,8 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
         store: p.store,
         policy: ErrorPolicy::new(&p.def.error_policy),
         metrics: p.metrics.clone(),
+        context: p.context.clone(),
+        listeners: p.listeners.clone(),
         sequence,
     };
     let sink_result = delivery.run(sink_rx, commit_tx).await;
@@ -476,7 +506,11 @@ async fn source_loop(
         match source.next_batch(fetch.batch_size, fetch.max_wait).await {
             Ok(batch) => {
                 attempt = 1;
-                metrics.set_progress(source.progress());
+                let progress = source.progress();
+                if let Some(p) = progress {
+                    metrics.set_lag(p.total.saturating_sub(p.done));
+                }
+                metrics.set_progress(progress);
                 let end = batch.end_of_input || (fetch.available_now && batch.records.is_empty());
                 if !batch.records.is_empty() || !end {
                     let depth = tx.max_capacity() - tx.capacity();
@@ -614,9 +648,13 @@ impl Processing {
                 dead_letters,
                 checkpoint,
             };
+            let depth = tx.max_capacity() - tx.capacity();
+            let waited = Instant::now();
             if tx.blocking_send(msg).is_err() {
                 return Ok(Ending::Stopped); // the sink failed; its error is reported
             }
+            self.metrics
+                .record_backpressure("sink", depth, waited.elapsed());
             if let Some(e) = ending {
                 return Ok(e);
             }
@@ -847,6 +885,8 @@ struct Delivery {
     store: Arc<dyn StateStore>,
     policy: ErrorPolicy,
     metrics: Arc<PipelineMetrics>,
+    context: Arc<StreamingContext>,
+    listeners: Vec<Arc<dyn MetricsListener>>,
     sequence: u64,
 }
 
@@ -882,7 +922,14 @@ impl Delivery {
                 };
                 self.save_checkpoint(&cp).await?;
                 self.metrics.add_checkpoint();
+                self.context.set_checkpoint(cp.sequence, &cp.positions);
                 let _ = commits.send(cp.positions);
+            }
+            if !self.listeners.is_empty() {
+                let snapshot = self.metrics.snapshot();
+                for listener in &self.listeners {
+                    listener.on_batch(&self.pipeline_id, &snapshot);
+                }
             }
         }
         Ok(())
