@@ -6,9 +6,8 @@
 
 use crate::{cargo, repo_root, run_cmd};
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -19,21 +18,29 @@ const EVENTS: u64 = 2_000_000;
 pub fn run() -> Result<()> {
     let dir = repo_root().join("target/bench/streaming");
     std::fs::create_dir_all(&dir)?;
-    run_cmd(cargo().args(["build", "--release", "-p", "srotax"]), "cargo build --release -p srotax")?;
+    run_cmd(
+        cargo().args(["build", "--release", "-p", "srotax", "-p", "ltv-baseline"]),
+        "cargo build --release -p srotax -p ltv-baseline",
+    )?;
     let srotax = repo_root().join("target/release/srotax");
+    let baseline = repo_root().join("target/release/ltv-baseline");
 
     let input = dir.join("orders-2m.jsonl");
     if line_count(&input).unwrap_or(0) != EVENTS {
         println!("generating {EVENTS} orders with the generator connector ...");
         let _ = std::fs::remove_file(&input);
-        let def = write_definition(&dir, "generate", &format!(
-            r#"{{"pipelineId": "generate",
+        let def = write_definition(
+            &dir,
+            "generate",
+            &format!(
+                r#"{{"pipelineId": "generate",
                 "source": {{"type": "generator", "options": {{"count": {EVENTS}, "seed": 42, "customers": 100000}}}},
                 "sink": {{"type": "file", "options": {{"path": "{}", "fsync": false}}}},
                 "runtime": {{"microBatchSize": 8192}},
                 "state": {{"type": "memory"}}}}"#,
-            input.display()
-        ))?;
+                input.display()
+            ),
+        )?;
         let (_, status, _) = timed_child(&srotax, &["run", def.to_str().unwrap_or_default()])?;
         if !status {
             bail!("generating the input failed");
@@ -43,31 +50,40 @@ pub fn run() -> Result<()> {
     // The baseline first, then srotax, then the baseline again: the machine is shared,
     // and the better of two baseline runs is the fairer reference.
     let baseline_out = dir.join("baseline.jsonl");
-    let b1 = time(|| baseline(&input, &baseline_out))?;
+    let baseline_args = [
+        input.to_str().unwrap_or_default(),
+        baseline_out.to_str().unwrap_or_default(),
+    ];
+    let b1 = run_baseline(&baseline, &baseline_args)?;
 
     let out = dir.join("srotax.jsonl");
     let state = dir.join("state");
     let _ = std::fs::remove_file(&out);
     let _ = std::fs::remove_dir_all(&state);
-    let def = write_definition(&dir, "orders-ltv", &format!(
-        r#"{{"pipelineId": "orders-ltv",
+    let def = write_definition(
+        &dir,
+        "orders-ltv",
+        &format!(
+            r#"{{"pipelineId": "orders-ltv",
             "source": {{"type": "file", "options": {{"path": "{input}"}}}},
             "pipeline": [
                 {{"$match": {{"status": "PAID"}}}},
                 {{"$group": {{"_id": "$customerId", "orderCount": {{"$count": {{}}}}, "lifetimeValue": {{"$sum": "$orderValue"}}}}}}
             ],
             "sink": {{"type": "file", "options": {{"path": "{out}"}}}},
-            "runtime": {{"microBatchSize": 8192, "workerThreadPoolSize": 2, "checkpointInterval": "10 seconds"}},
+            "runtime": {{"microBatchSize": 4096, "sourceQueueCapacity": 4, "queueCapacity": 4, "workerThreadPoolSize": 2, "checkpointInterval": "10 seconds"}},
             "state": {{"type": "file", "options": {{"path": "{state}"}}}}}}"#,
-        input = input.display(),
-        out = out.display(),
-        state = state.display(),
-    ))?;
-    let (elapsed, ok, max_rss_kb) = timed_child(&srotax, &["run", def.to_str().unwrap_or_default()])?;
+            input = input.display(),
+            out = out.display(),
+            state = state.display(),
+        ),
+    )?;
+    let (elapsed, ok, max_rss_kb) =
+        timed_child(&srotax, &["run", def.to_str().unwrap_or_default()])?;
     if !ok {
         bail!("srotax run failed");
     }
-    let b2 = time(|| baseline(&input, &baseline_out))?;
+    let b2 = run_baseline(&baseline, &baseline_args)?;
     let base = b1.min(b2);
 
     check_same_result(&baseline_out, &out)?;
@@ -75,8 +91,16 @@ pub fn run() -> Result<()> {
     println!();
     println!("orders-ltv, {EVENTS} events (file → $match → $group → file):");
     println!("  baseline (serde_json + HashMap, 1 thread): {:>7.3} s  {:>10.0} events/s  (runs: {:.3} s, {:.3} s)", base.as_secs_f64(), rate(base), b1.as_secs_f64(), b2.as_secs_f64());
-    println!("  srotax run (checkpointed, file state):     {:>7.3} s  {:>10.0} events/s", elapsed.as_secs_f64(), rate(elapsed));
-    println!("  ratio srotax / baseline: {:.2}x   peak RSS: {:.0} MB", base.as_secs_f64() / elapsed.as_secs_f64(), max_rss_kb as f64 / 1024.0);
+    println!(
+        "  srotax run (checkpointed, file state):     {:>7.3} s  {:>10.0} events/s",
+        elapsed.as_secs_f64(),
+        rate(elapsed)
+    );
+    println!(
+        "  ratio srotax / baseline: {:.2}x   peak RSS: {:.0} MB",
+        base.as_secs_f64() / elapsed.as_secs_f64(),
+        max_rss_kb as f64 / 1024.0
+    );
     Ok(())
 }
 
@@ -91,17 +115,22 @@ fn line_count(path: &Path) -> Result<u64> {
     Ok(f.split(b'\n').count() as u64)
 }
 
-fn time(f: impl FnOnce() -> Result<()>) -> Result<Duration> {
-    let t = Instant::now();
-    f()?;
-    Ok(t.elapsed())
+fn run_baseline(program: &Path, args: &[&str]) -> Result<Duration> {
+    let (elapsed, ok, _) = timed_child(program, args)?;
+    if !ok {
+        bail!("the baseline program failed");
+    }
+    Ok(elapsed)
 }
 
 /// Runs a child to completion; returns its wall time, success, and peak RSS in KiB
 /// (from `wait4`, so it is this child's own figure).
 fn timed_child(program: &Path, args: &[&str]) -> Result<(Duration, bool, i64)> {
     let started = Instant::now();
-    let child = Command::new(program).args(args).spawn().with_context(|| format!("starting {}", program.display()))?;
+    let child = Command::new(program)
+        .args(args)
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: `rusage` is plain data that wait4 fills in; `pid` is our own child, reaped
@@ -117,57 +146,6 @@ fn timed_child(program: &Path, args: &[&str]) -> Result<(Duration, bool, i64)> {
     Ok((elapsed, ok, usage.ru_maxrss))
 }
 
-#[derive(Deserialize)]
-struct Order<'a> {
-    #[serde(rename = "customerId", borrow)]
-    customer_id: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    status: std::borrow::Cow<'a, str>,
-    #[serde(rename = "orderValue")]
-    order_value: f64,
-}
-
-#[derive(Serialize)]
-struct Ltv<'a> {
-    _id: &'a str,
-    #[serde(rename = "orderCount")]
-    order_count: i64,
-    #[serde(rename = "lifetimeValue")]
-    lifetime_value: f64,
-}
-
-/// The hand-written program: one thread, typed serde structs, a HashMap.
-fn baseline(input: &Path, output: &Path) -> Result<()> {
-    let reader = BufReader::with_capacity(1 << 20, std::fs::File::open(input)?);
-    let mut groups: HashMap<String, (i64, f64)> = HashMap::new();
-    let mut order: Vec<String> = Vec::new();
-    for line in reader.lines() {
-        let line = line?;
-        let o: Order = serde_json::from_str(&line)?;
-        if o.status != "PAID" {
-            continue;
-        }
-        match groups.get_mut(o.customer_id.as_ref()) {
-            Some(g) => {
-                g.0 += 1;
-                g.1 += o.order_value;
-            }
-            None => {
-                groups.insert(o.customer_id.to_string(), (1, o.order_value));
-                order.push(o.customer_id.into_owned());
-            }
-        }
-    }
-    let mut out = BufWriter::new(std::fs::File::create(output)?);
-    for id in &order {
-        let (count, total) = groups[id];
-        serde_json::to_writer(&mut out, &Ltv { _id: id, order_count: count, lifetime_value: total })?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()?;
-    Ok(())
-}
-
 /// Both programs must have computed the same table before their speed is compared.
 fn check_same_result(baseline: &Path, srotax: &Path) -> Result<()> {
     let read = |p: &Path| -> Result<HashMap<String, (i64, f64)>> {
@@ -175,13 +153,23 @@ fn check_same_result(baseline: &Path, srotax: &Path) -> Result<()> {
         for line in BufReader::new(std::fs::File::open(p)?).lines() {
             let v: serde_json::Value = serde_json::from_str(&line?)?;
             let id = v["_id"].as_str().unwrap_or_default().to_string();
-            m.insert(id, (v["orderCount"].as_i64().unwrap_or(-1), v["lifetimeValue"].as_f64().unwrap_or(f64::NAN)));
+            m.insert(
+                id,
+                (
+                    v["orderCount"].as_i64().unwrap_or(-1),
+                    v["lifetimeValue"].as_f64().unwrap_or(f64::NAN),
+                ),
+            );
         }
         Ok(m)
     };
     let (a, b) = (read(baseline)?, read(srotax)?);
     if a.len() != b.len() {
-        bail!("result mismatch: baseline has {} groups, srotax {}", a.len(), b.len());
+        bail!(
+            "result mismatch: baseline has {} groups, srotax {}",
+            a.len(),
+            b.len()
+        );
     }
     for (k, (n, t)) in &a {
         match b.get(k) {

@@ -9,6 +9,20 @@ use crate::stages::{compile_stages, RefOutcome, Stage, StageState};
 use crate::value::{parse_value, Document, ExtJsonError, Str, Value};
 use std::sync::Arc;
 
+/// Stages whose output for a document depends on that document alone (no state kept
+/// between documents).
+const STATELESS_STAGES: &[&str] = &[
+    "$match",
+    "$project",
+    "$addFields",
+    "$set",
+    "$unset",
+    "$replaceRoot",
+    "$replaceWith",
+    "$unwind",
+    "$redact",
+];
+
 /// Failure of the `*_json` conveniences: bad JSON, an invalid pipeline, or a document
 /// that failed in a stage.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +127,26 @@ impl Pipeline {
         functions: Arc<FunctionRegistry>,
     ) -> Result<Pipeline, PipelineError> {
         Ok(Self::compile_with(&parse_value(text)?, functions)?)
+    }
+
+    /// Number of leading stages that transform each document on its own (`$match`,
+    /// `$project`, `$set`, ...). A streaming runtime may run them on several threads at
+    /// once, each with its own [`Pipeline::start_prefix`] run.
+    pub fn stateless_prefix_len(&self) -> usize {
+        self.stages
+            .iter()
+            .take_while(|s| STATELESS_STAGES.contains(&s.name()))
+            .count()
+    }
+
+    /// A run of only the first `n` stages (see [`Pipeline::stateless_prefix_len`]).
+    pub fn start_prefix(&self, n: usize, env: Env) -> PipelineRun {
+        let n = n.min(self.stages.len());
+        PipelineRun {
+            slots: (0..n).map(|_| StageSlot::default()).collect(),
+            stages: self.stages[..n].iter().map(|s| s.fresh()).collect(),
+            env,
+        }
     }
 
     /// Stage names in order.
@@ -263,6 +297,21 @@ impl PipelineRun {
             out,
             errors,
         );
+    }
+
+    /// Pushes a document that already went through the first `start` stages (in a
+    /// [`Pipeline::start_prefix`] run) into the rest of the pipeline.
+    pub fn push_at(
+        &mut self,
+        start: usize,
+        doc: Document,
+        out: &mut Vec<Document>,
+        errors: &mut Vec<StageError>,
+    ) {
+        let start = start.min(self.stages.len());
+        let (_, stages) = self.stages.split_at_mut(start);
+        let (_, slots) = self.slots.split_at_mut(start);
+        push_from(stages, slots, start, doc, &self.env, out, errors);
     }
 
     /// Counters per stage, in pipeline order, with the stage names.

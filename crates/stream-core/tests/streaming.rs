@@ -539,14 +539,30 @@ async fn metrics_listeners_see_every_batch_and_attributes_are_shared() {
             *self.1.lock().unwrap() = m.documents_out;
         }
     }
-    let mut h = harness(&[r#"{"a": 1}"#, r#"{"a": 2}"#, r#"{"a": 3}"#], true, Collected::default());
+    let mut h = harness(
+        &[r#"{"a": 1}"#, r#"{"a": 2}"#, r#"{"a": 3}"#],
+        true,
+        Collected::default(),
+    );
     let listener = Arc::new(Counting(AtomicUsize::new(0), Mutex::new(0)));
     h.orchestrator.add_metrics_listener(listener.clone());
-    let handle = h.orchestrator.run(definition("[]", ErrorPolicyConfig::FailFast).build().unwrap()).unwrap();
-    handle.context().set_attribute("owner", Value::string("team-a"));
+    let handle = h
+        .orchestrator
+        .run(
+            definition("[]", ErrorPolicyConfig::FailFast)
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+    handle
+        .context()
+        .set_attribute("owner", Value::string("team-a"));
     finish(&handle).await.unwrap();
     // Batches of two records: [1, 2], [3], then the end-of-input flush.
     assert!(listener.0.load(Ordering::SeqCst) >= 2);
     assert_eq!(*listener.1.lock().unwrap(), 3);
-    assert_eq!(handle.context().attribute("owner"), Some(Value::string("team-a")));
+    assert_eq!(
+        handle.context().attribute("owner"),
+        Some(Value::string("team-a"))
+    );
 }

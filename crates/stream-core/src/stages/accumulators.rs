@@ -74,6 +74,18 @@ pub trait AccumulatorFactory: Send + Sync + fmt::Debug {
     fn uses_group_key(&self) -> bool {
         false
     }
+
+    /// Like [`AccumulatorFactory::start_for_group`], but common accumulators return an
+    /// unboxed state (see [`GroupAcc`]) so that a stage can keep all its groups' states
+    /// in one contiguous vector.
+    fn start_group_acc(&self, key: &Value, env: &Env) -> Result<GroupAcc, EvalError> {
+        self.start_for_group(key, env).map(GroupAcc::Boxed)
+    }
+
+    /// Like [`AccumulatorFactory::start`], unboxed where possible (see [`GroupAcc`]).
+    fn start_plain_group_acc(&self) -> GroupAcc {
+        GroupAcc::Boxed(self.start())
+    }
 }
 
 /// A compiled accumulator expression.
@@ -115,6 +127,117 @@ impl AccumulatorSpec {
     pub fn uses_group_key(&self) -> bool {
         self.factory.uses_group_key()
     }
+
+    /// New empty state for the group with `_id` `key`, unboxed for the common
+    /// accumulators (see [`GroupAcc`]).
+    pub fn start_group_acc(&self, key: &Value, env: &Env) -> Result<GroupAcc, EvalError> {
+        self.factory.start_group_acc(key, env)
+    }
+
+    /// New empty state (as [`AccumulatorSpec::start`]), unboxed where possible.
+    pub fn start_plain_group_acc(&self) -> GroupAcc {
+        self.factory.start_plain_group_acc()
+    }
+}
+
+/// One accumulator state of one group, stored inline for the common accumulators
+/// (`$sum`, `$avg`, `$count`, `$min`, `$max`, `$first`, `$last`) and boxed for the others.
+/// A grouping stage with many groups keeps these in one vector: no allocation per state,
+/// and a group's states sit next to each other in memory.
+///
+/// Inline states come only from the built-in factories, whose
+/// [`AccumulatorSpec::eval_input`] always returns `Some`: they are fed through
+/// [`Accumulator::add_input`], never [`Accumulator::update`].
+#[derive(Debug)]
+pub enum GroupAcc {
+    /// `$sum`, `$avg`, `$count`.
+    Sum(SumFold),
+    /// `$min`, `$max`.
+    MinMax(MinMaxFold),
+    /// `$first`, `$last`.
+    FirstLast(FirstLastFold),
+    /// Any other accumulator.
+    Boxed(Box<dyn Accumulator>),
+}
+
+impl Accumulator for GroupAcc {
+    fn update(&mut self, ctx: &Ctx<'_>) -> Result<(), EvalError> {
+        match self {
+            GroupAcc::Boxed(a) => a.update(ctx),
+            _ => Err(EvalError::new(
+                "internal error: an inline accumulator state must be fed evaluated inputs",
+            )),
+        }
+    }
+
+    #[inline]
+    fn result(&self) -> Value {
+        match self {
+            GroupAcc::Sum(f) => f.value(),
+            GroupAcc::MinMax(f) => f.value(),
+            GroupAcc::FirstLast(f) => f.value(),
+            GroupAcc::Boxed(a) => a.result(),
+        }
+    }
+
+    #[inline]
+    fn add_input(&mut self, input: Cow<'_, Value>) {
+        match self {
+            GroupAcc::Sum(f) => f.add(input),
+            GroupAcc::MinMax(f) => f.add(input),
+            GroupAcc::FirstLast(f) => f.add(input),
+            GroupAcc::Boxed(a) => a.add_input(input),
+        }
+    }
+
+    fn save_state(&self) -> Option<Value> {
+        match self {
+            GroupAcc::Sum(f) => Some(f.save()),
+            GroupAcc::MinMax(f) => Some(f.save()),
+            GroupAcc::FirstLast(f) => Some(f.save()),
+            GroupAcc::Boxed(a) => a.save_state(),
+        }
+    }
+
+    fn restore_state(&mut self, state: &Value) -> Result<(), EvalError> {
+        fn load<F: Fold>(f: &mut F, state: &Value) -> Result<(), EvalError> {
+            let mut fold = f.clone();
+            fold.load(state).ok_or_else(|| invalid_acc_state(state))?;
+            *f = fold;
+            Ok(())
+        }
+        match self {
+            GroupAcc::Sum(f) => load(f, state),
+            GroupAcc::MinMax(f) => load(f, state),
+            GroupAcc::FirstLast(f) => load(f, state),
+            GroupAcc::Boxed(a) => a.restore_state(state),
+        }
+    }
+}
+
+impl<A: Accumulator + ?Sized> Accumulator for Box<A> {
+    fn update(&mut self, ctx: &Ctx<'_>) -> Result<(), EvalError> {
+        (**self).update(ctx)
+    }
+    fn result(&self) -> Value {
+        (**self).result()
+    }
+    fn add_input(&mut self, input: Cow<'_, Value>) {
+        (**self).add_input(input)
+    }
+    fn save_state(&self) -> Option<Value> {
+        (**self).save_state()
+    }
+    fn restore_state(&mut self, state: &Value) -> Result<(), EvalError> {
+        (**self).restore_state(state)
+    }
+}
+
+fn invalid_acc_state(state: &Value) -> EvalError {
+    EvalError::new(format!(
+        "invalid checkpointed accumulator state {}",
+        state.to_json()
+    ))
 }
 
 /// Compiles the argument of one accumulator operator found at `path` (`...total.$sum`).
@@ -265,6 +388,11 @@ trait Fold: Clone + Send + Sync + fmt::Debug + 'static {
     fn save(&self) -> Value;
     /// Restores [`Fold::save`]; `None` when the value is not a valid state.
     fn load(&mut self, v: &Value) -> Option<()>;
+    /// This fold as an unboxed [`GroupAcc`] state, for the folds that have one (they
+    /// never need [`Fold::init`]).
+    fn inline(&self) -> Option<GroupAcc> {
+        None
+    }
 }
 
 /// `Some(v)` as `[v]`, `None` as `[]` (checkpoints cannot hold a bare missing value).
@@ -330,12 +458,7 @@ impl<F: Fold> Accumulator for State<F> {
 
     fn restore_state(&mut self, state: &Value) -> Result<(), EvalError> {
         let mut fold = self.fold.clone();
-        fold.load(state).ok_or_else(|| {
-            EvalError::new(format!(
-                "invalid checkpointed accumulator state {}",
-                state.to_json()
-            ))
-        })?;
+        fold.load(state).ok_or_else(|| invalid_acc_state(state))?;
         self.fold = fold;
         self.pending = None;
         Ok(())
@@ -378,6 +501,19 @@ impl<F: Fold> AccumulatorFactory for Factory<F> {
 
     fn uses_group_key(&self) -> bool {
         self.proto.needs_init()
+    }
+
+    fn start_group_acc(&self, key: &Value, env: &Env) -> Result<GroupAcc, EvalError> {
+        match self.proto.inline() {
+            Some(acc) => Ok(acc),
+            None => self.start_for_group(key, env).map(GroupAcc::Boxed),
+        }
+    }
+
+    fn start_plain_group_acc(&self) -> GroupAcc {
+        self.proto
+            .inline()
+            .unwrap_or_else(|| GroupAcc::Boxed(self.start()))
     }
 }
 
@@ -529,8 +665,9 @@ enum NumType {
     Decimal,
 }
 
+/// The state of an inline [`GroupAcc`].
 #[derive(Clone, Debug)]
-struct SumFold {
+pub struct SumFold {
     avg: bool,
     ty: NumType,
     total: DoubleDouble,
@@ -551,6 +688,10 @@ impl SumFold {
 }
 
 impl Fold for SumFold {
+    fn inline(&self) -> Option<GroupAcc> {
+        Some(GroupAcc::Sum(self.clone()))
+    }
+
     fn add(&mut self, v: Cow<'_, Value>) {
         match *v {
             Value::Int32(n) => self.total.add_double(n as f64),
@@ -753,13 +894,18 @@ fn compile_std_dev(
 // $min, $max, $first, $last, $push, $addToSet, $mergeObjects
 // ---------------------------------------------------------------------------------
 
+/// The state of an inline [`GroupAcc`].
 #[derive(Clone, Debug)]
-struct MinMaxFold {
+pub struct MinMaxFold {
     max: bool,
     val: Option<Value>,
 }
 
 impl Fold for MinMaxFold {
+    fn inline(&self) -> Option<GroupAcc> {
+        Some(GroupAcc::MinMax(self.clone()))
+    }
+
     fn add(&mut self, v: Cow<'_, Value>) {
         if v.is_nullish() {
             return;
@@ -826,13 +972,18 @@ fn compile_max(
     ))
 }
 
+/// The state of an inline [`GroupAcc`].
 #[derive(Clone, Debug)]
-struct FirstLastFold {
+pub struct FirstLastFold {
     last: bool,
     val: Option<Value>,
 }
 
 impl Fold for FirstLastFold {
+    fn inline(&self) -> Option<GroupAcc> {
+        Some(GroupAcc::FirstLast(self.clone()))
+    }
+
     fn add(&mut self, v: Cow<'_, Value>) {
         if self.last || self.val.is_none() {
             self.val = Some(if v.is_missing() {

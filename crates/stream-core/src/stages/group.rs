@@ -14,7 +14,7 @@
 //! changed since the previous trigger ([`GroupStage::emit_changed`]), or of every group
 //! when `complete` ([`GroupStage::emit_all`]), without ending the input.
 
-use super::accumulators::{compile_accumulator, Accumulator, AccumulatorSpec};
+use super::accumulators::{compile_accumulator, Accumulator, AccumulatorSpec, GroupAcc};
 use super::{RefOutcome, Stage, StageCompileFn, StageState};
 use crate::error::{path_key, CompileError, EvalError};
 use crate::expr::{compile_expr, CompileCtx, Ctx, Env, Expr};
@@ -130,6 +130,22 @@ impl OutputFields {
             .collect()
     }
 
+    /// Appends fresh (mostly unboxed) accumulator states for the group with `_id` `key`
+    /// to `out`; on error `out` is left as it was.
+    fn start_into(&self, key: &Value, env: &Env, out: &mut Vec<GroupAcc>) -> Result<(), EvalError> {
+        let len = out.len();
+        for s in &self.specs {
+            match s.start_group_acc(key, env) {
+                Ok(acc) => out.push(acc),
+                Err(e) => {
+                    out.truncate(len);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Evaluates every accumulator's input for one document (nothing is updated yet).
     pub(crate) fn eval_inputs<'a>(&'a self, ctx: &Ctx<'a>) -> Result<Inputs<'a>, EvalError> {
         let mut inputs = Inputs::new(self.specs.len());
@@ -140,8 +156,8 @@ impl OutputFields {
     }
 
     /// Folds inputs from [`OutputFields::eval_inputs`] into one group's states.
-    pub(crate) fn apply(
-        row: &mut [Box<dyn Accumulator>],
+    pub(crate) fn apply<A: Accumulator>(
+        row: &mut [A],
         mut inputs: Inputs<'_>,
         ctx: &Ctx<'_>,
     ) -> Result<(), EvalError> {
@@ -155,7 +171,7 @@ impl OutputFields {
     }
 
     /// One group's accumulator states for a checkpoint; `None` when one cannot be saved.
-    pub(crate) fn save_row(row: &[Box<dyn Accumulator>]) -> Option<Value> {
+    pub(crate) fn save_row<A: Accumulator>(row: &[A]) -> Option<Value> {
         row.iter()
             .map(|a| a.save_state())
             .collect::<Option<Vec<_>>>()
@@ -168,6 +184,16 @@ impl OutputFields {
         stage: &str,
         state: &Value,
     ) -> Result<Vec<Box<dyn Accumulator>>, EvalError> {
+        self.restore_row_with(stage, state, AccumulatorSpec::start)
+    }
+
+    /// [`OutputFields::restore_row`] with states made by `start`.
+    fn restore_row_with<A: Accumulator>(
+        &self,
+        stage: &str,
+        state: &Value,
+        start: impl Fn(&AccumulatorSpec) -> A,
+    ) -> Result<Vec<A>, EvalError> {
         let states = state
             .as_array()
             .filter(|a| a.len() == self.specs.len())
@@ -176,7 +202,7 @@ impl OutputFields {
             .iter()
             .zip(states)
             .map(|(spec, st)| {
-                let mut acc = spec.start();
+                let mut acc = start(spec);
                 acc.restore_state(st)
                     .map_err(|e| EvalError::new(format!("{stage}: {e}")))?;
                 Ok(acc)
@@ -185,7 +211,7 @@ impl OutputFields {
     }
 
     /// The output document `{_id: id, <field>: <result>, ...}` (missing results are null).
-    pub(crate) fn output(&self, id: Value, row: &[Box<dyn Accumulator>]) -> Document {
+    pub(crate) fn output<A: Accumulator>(&self, id: Value, row: &[A]) -> Document {
         let mut d = Document::with_capacity(1 + row.len());
         d.push_unchecked("_id", id);
         for (name, acc) in self.names.iter().zip(row) {
@@ -230,10 +256,11 @@ struct GroupConfig {
     fields: OutputFields,
 }
 
+/// One group; its accumulator states are [`GroupStage::accs`]`[i * n..(i + 1) * n]` for
+/// group `i` of a stage with `n` accumulators.
 #[derive(Debug)]
 struct GroupRow {
     key: Value,
-    accs: Vec<Box<dyn Accumulator>>,
     changed: bool,
 }
 
@@ -306,6 +333,8 @@ pub struct GroupStage {
     config: Arc<GroupConfig>,
     index: GroupIndex,
     groups: Vec<GroupRow>,
+    /// Every group's accumulator states, group after group (see [`GroupRow`]).
+    accs: Vec<GroupAcc>,
     changed: Vec<usize>,
 }
 
@@ -315,17 +344,25 @@ impl GroupStage {
             config,
             index: GroupIndex::default(),
             groups: Vec::new(),
+            accs: Vec::new(),
             changed: Vec::new(),
         }
+    }
+
+    /// The accumulator states of group `i`.
+    fn row_accs(accs: &[GroupAcc], n: usize, i: usize) -> &[GroupAcc] {
+        accs.get(i * n..(i + 1) * n).unwrap_or(&[])
     }
 
     /// Streaming update mode: appends to `out` the current result of every group changed
     /// since the previous call (in first-change order) and leaves the groups open.
     pub fn emit_changed(&mut self, out: &mut Vec<Document>) {
+        let n = self.config.fields.specs.len();
         for i in std::mem::take(&mut self.changed) {
             if let Some(row) = self.groups.get_mut(i) {
                 row.changed = false;
-                out.push(self.config.fields.output(row.key.clone(), &row.accs));
+                let accs = Self::row_accs(&self.accs, n, i);
+                out.push(self.config.fields.output(row.key.clone(), accs));
             }
         }
     }
@@ -334,9 +371,11 @@ impl GroupStage {
     /// groups open.
     pub fn emit_all(&mut self, out: &mut Vec<Document>) {
         self.changed.clear();
-        for row in &mut self.groups {
+        let n = self.config.fields.specs.len();
+        for (i, row) in self.groups.iter_mut().enumerate() {
             row.changed = false;
-            out.push(self.config.fields.output(row.key.clone(), &row.accs));
+            let accs = Self::row_accs(&self.accs, n, i);
+            out.push(self.config.fields.output(row.key.clone(), accs));
         }
     }
 
@@ -356,19 +395,20 @@ impl GroupStage {
         let i = match self.index.find(hash, key, &self.groups) {
             Some(i) => i,
             None => {
-                let accs = config.fields.start(key, env)?;
+                config.fields.start_into(key, env, &mut self.accs)?;
                 let i = self.groups.len();
                 self.groups.push(GroupRow {
                     key: key.clone(),
-                    accs,
                     changed: false,
                 });
                 self.index.insert(hash, i);
                 i
             }
         };
+        let n = config.fields.specs.len();
+        let accs = self.accs.get_mut(i * n..(i + 1) * n).unwrap_or(&mut []);
+        OutputFields::apply(accs, inputs, &ctx)?;
         let row = &mut self.groups[i];
-        OutputFields::apply(&mut row.accs, inputs, &ctx)?;
         if !row.changed {
             row.changed = true;
             self.changed.push(i);
@@ -379,9 +419,12 @@ impl GroupStage {
     fn drain(&mut self, out: &mut Vec<Document>) {
         self.index.clear();
         self.changed.clear();
-        for row in self.groups.drain(..) {
-            out.push(self.config.fields.output(row.key, &row.accs));
+        let n = self.config.fields.specs.len();
+        for (i, row) in self.groups.drain(..).enumerate() {
+            let accs = Self::row_accs(&self.accs, n, i);
+            out.push(self.config.fields.output(row.key, accs));
         }
+        self.accs.clear();
     }
 }
 
@@ -443,8 +486,9 @@ impl Stage for GroupStage {
     /// `[[key, [accumulator states...], changedSinceTrigger], ...]` in first-seen order.
     fn checkpoint_state(&self) -> Result<StageState, EvalError> {
         let mut groups = Vec::with_capacity(self.groups.len());
-        for row in &self.groups {
-            let Some(states) = OutputFields::save_row(&row.accs) else {
+        let n = self.config.fields.specs.len();
+        for (i, row) in self.groups.iter().enumerate() {
+            let Some(states) = OutputFields::save_row(Self::row_accs(&self.accs, n, i)) else {
                 return Ok(StageState::Unsupported);
             };
             groups.push(Value::Array(vec![
@@ -464,7 +508,11 @@ impl Stage for GroupStage {
             let Some([key, states, Value::Bool(changed)]) = item.as_array() else {
                 return Err(invalid_state(name, item));
             };
-            let accs = self.config.fields.restore_row(name, states)?;
+            let accs = self.config.fields.restore_row_with(
+                name,
+                states,
+                AccumulatorSpec::start_plain_group_acc,
+            )?;
             let i = restored.groups.len();
             let hash = restored.index.hash(key);
             if restored.index.find(hash, key, &restored.groups).is_some() {
@@ -473,9 +521,9 @@ impl Stage for GroupStage {
             restored.index.insert(hash, i);
             restored.groups.push(GroupRow {
                 key: key.clone(),
-                accs,
                 changed: *changed,
             });
+            restored.accs.extend(accs);
             if *changed {
                 restored.changed.push(i);
             }
@@ -631,7 +679,6 @@ mod tests {
     fn group_index_chains_hash_collisions() {
         let row = |key: Value| GroupRow {
             key,
-            accs: Vec::new(),
             changed: false,
         };
         let groups = vec![

@@ -36,7 +36,10 @@ impl StreamingContext {
     /// Sequence number and source positions of the last checkpoint (0 and empty before
     /// the first).
     pub fn checkpointed_positions(&self) -> (u64, SourcePositions) {
-        self.checkpoint.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.checkpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Records a written checkpoint.
@@ -51,12 +54,19 @@ impl StreamingContext {
 
     /// Sets a shared attribute.
     pub fn set_attribute(&self, key: impl Into<String>, value: Value) {
-        self.attributes.lock().unwrap_or_else(|p| p.into_inner()).insert(key.into(), value);
+        self.attributes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.into(), value);
     }
 
     /// A shared attribute.
     pub fn attribute(&self, key: &str) -> Option<Value> {
-        self.attributes.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+        self.attributes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
     }
 }
 

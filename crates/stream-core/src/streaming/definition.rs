@@ -626,23 +626,24 @@ impl StreamingPipelineDefinition {
                 "metrics",
             ],
         )?;
-        let pipeline_id =
-            match d.get("pipelineId") {
-                Some(Value::String(s)) if valid_id(s) => s.to_string(),
-                Some(other) => return Err(DefinitionError::new(
+        let pipeline_id = match d.get("pipelineId") {
+            Some(Value::String(s)) if valid_id(s) => s.to_string(),
+            Some(other) => {
+                return Err(DefinitionError::new(
                     "pipelineId",
                     format!(
                         "expected a non-empty name of letters, digits, '-', '_' or '.', found {}",
                         other.to_json()
                     ),
-                )),
-                None => {
-                    return Err(DefinitionError::new(
-                        "pipelineId",
-                        "missing: every pipeline needs a unique 'pipelineId'",
-                    ))
-                }
-            };
+                ))
+            }
+            None => {
+                return Err(DefinitionError::new(
+                    "pipelineId",
+                    "missing: every pipeline needs a unique 'pipelineId'",
+                ))
+            }
+        };
         let required = |key: &str| {
             d.get(key)
                 .ok_or_else(|| DefinitionError::new(key, format!("missing '{key}'")))
@@ -907,9 +908,11 @@ fn substitute_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
         match (env(name), default) {
             (Some(v), _) if !v.is_empty() || default.is_none() => out.push_str(&v),
             (_, Some(d)) => out.push_str(d),
-            (None, None) => return Err(format!(
+            (None, None) => {
+                return Err(format!(
                 "environment variable {name} is not set (set it, or write ${{{name}:-default}})"
-            )),
+            ))
+            }
             (Some(v), None) => out.push_str(&v),
         }
         rest = &after[end + 1..];

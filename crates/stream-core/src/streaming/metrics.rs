@@ -74,7 +74,12 @@ impl PipelineMetrics {
     /// Metrics labelled with the pipeline id, its source and sink connector types
     /// (`source_connector`, `sink_connector`) and the definition's tags (e.g.
     /// `environment`, `tenant`).
-    pub fn new(pipeline_id: &str, source_connector: &str, sink_connector: &str, tags: &BTreeMap<String, String>) -> Self {
+    pub fn new(
+        pipeline_id: &str,
+        source_connector: &str,
+        sink_connector: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Self {
         let mut labels = vec![
             ("pipeline".to_string(), pipeline_id.to_string()),
             ("source_connector".to_string(), source_connector.to_string()),

@@ -16,8 +16,8 @@ pub mod orchestrator;
 pub mod state;
 
 pub use connector::{
-    ConnectorContext, ConnectorError, ConnectorProvider, ConnectorRegistry, ErrorKind, Payload, Progress,
-    Record, Sink, Source, SourceBatch, SourcePositions,
+    ConnectorContext, ConnectorError, ConnectorProvider, ConnectorRegistry, ErrorKind, Payload,
+    Progress, Record, Sink, Source, SourceBatch, SourcePositions,
 };
 pub use context::{MetricsListener, StreamingContext};
 pub use definition::{

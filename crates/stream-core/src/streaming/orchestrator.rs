@@ -21,15 +21,15 @@ use super::connector::{
     ConnectorContext, ConnectorError, ConnectorRegistry, ErrorKind, Payload, Record, Sink, Source,
     SourcePositions,
 };
+use super::context::{MetricsListener, StreamingContext};
 use super::definition::{DefinitionError, OutputMode, StreamingPipelineDefinition, Trigger};
 use super::error_policy::{Decision, ErrorPolicy};
-use super::context::{MetricsListener, StreamingContext};
 use super::metrics::{MetricsRegistry, MetricsSnapshot, PipelineMetrics};
 use super::state::{
     Checkpoint, MemoryStateStoreProvider, StateError, StateStore, StateStoreProvider,
 };
 use crate::error::StageError;
-use crate::pipeline::{Pipeline, PipelineRun};
+use crate::pipeline::{Pipeline, PipelineRun, StageStats};
 use crate::value::{parse_document, parse_document_fields, Document, Str, Value};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -420,23 +420,36 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
         ErrorPolicy::new(&p.def.error_policy),
     ));
 
+    let prefix_len = p.pipeline.stateless_prefix_len();
+    let parser = Parser {
+        input_fields: p.pipeline.input_fields().map(|f| f.to_vec()),
+        keep_original: ErrorPolicy::new(&p.def.error_policy).needs_original(),
+        workers: rayon::ThreadPoolBuilder::new()
+            .num_threads(rt.worker_thread_pool_size.max(1))
+            .thread_name(|i| format!("srotax-worker-{i}"))
+            .build()
+            .map_err(|e| RunError::Internal(format!("cannot start worker threads: {e}")))?,
+        prefix_len,
+        prefix_runs: (0..rt.worker_thread_pool_size.max(1))
+            .map(|_| p.pipeline.start_prefix(prefix_len, run.env().clone()))
+            .collect(),
+    };
+    // Two parsed batches in flight: enough to overlap parsing with processing.
+    let (work_tx, work_rx) = mpsc::channel(2);
+    let parse_task = tokio::task::spawn_blocking(move || parser.run(src_rx, work_tx));
     let processing = Processing {
         pipeline_id: id.clone(),
-        input_fields: p.pipeline.input_fields().map(|f| f.to_vec()),
         policy: ErrorPolicy::new(&p.def.error_policy),
         trigger: rt.trigger,
         complete: rt.output_mode == OutputMode::Complete,
         bounded,
         checkpoint_interval: rt.checkpoint_interval,
         metrics: p.metrics.clone(),
-        workers: rayon::ThreadPoolBuilder::new()
-            .num_threads(rt.worker_thread_pool_size.max(1))
-            .thread_name(|i| format!("srotax-worker-{i}"))
-            .build()
-            .map_err(|e| RunError::Internal(format!("cannot start worker threads: {e}")))?,
+        prefix_len,
+        prefix_stats: Vec::new(),
     };
     let process_task =
-        tokio::task::spawn_blocking(move || processing.run(run, positions, src_rx, sink_tx));
+        tokio::task::spawn_blocking(move || processing.run(run, positions, work_rx, sink_tx));
 
     let delivery = Delivery {
         pipeline_id: id.clone(),
@@ -450,6 +463,9 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
         sequence,
     };
     let sink_result = delivery.run(sink_rx, commit_tx).await;
+    parse_task
+        .await
+        .map_err(|e| RunError::Internal(format!("parser thread: {e}")))?;
     let process_result = process_task
         .await
         .map_err(|e| RunError::Internal(format!("processing thread: {e}")))?;
@@ -559,22 +575,163 @@ enum Ending {
 
 struct Processing {
     pipeline_id: String,
-    input_fields: Option<Vec<Str>>,
     policy: ErrorPolicy,
     trigger: Trigger,
     complete: bool,
     bounded: bool,
     checkpoint_interval: Duration,
     metrics: Arc<PipelineMetrics>,
+    /// Leading stateless stages, already run by the [`Parser`]'s workers.
+    prefix_len: usize,
+    /// Their counters, as last reported by the parser.
+    prefix_stats: Vec<StageStats>,
+}
+
+/// Parses record payloads and runs the pipeline's stateless prefix on a worker pool,
+/// on its own thread, so parsing batch N+1 overlaps with processing batch N.
+struct Parser {
+    input_fields: Option<Vec<Str>>,
+    keep_original: bool,
     workers: rayon::ThreadPool,
+    prefix_len: usize,
+    /// One run of the prefix stages per worker.
+    prefix_runs: Vec<PipelineRun>,
+}
+
+/// What the parser hands to the processing thread.
+enum WorkMsg {
+    /// Parsed records, and the prefix stages' counters so far.
+    Batch(Vec<Parsed>, Vec<StageStats>),
+    /// The input ended.
+    End,
+    /// `stop()` was called.
+    Stop,
+}
+
+impl Parser {
+    fn run(mut self, mut rx: mpsc::Receiver<SourceMsg>, tx: mpsc::Sender<WorkMsg>) {
+        while let Some(msg) = rx.blocking_recv() {
+            let work = match msg {
+                SourceMsg::Batch(records) => {
+                    let parsed = self.parse(records);
+                    WorkMsg::Batch(parsed, self.prefix_stats())
+                }
+                SourceMsg::End => WorkMsg::End,
+                SourceMsg::Stop => WorkMsg::Stop,
+            };
+            if tx.blocking_send(work).is_err() {
+                return; // processing stopped; its error explains why
+            }
+        }
+    }
+
+    /// Counters of the prefix stages summed over the workers.
+    fn prefix_stats(&self) -> Vec<StageStats> {
+        let mut total = vec![StageStats::default(); self.prefix_len];
+        for run in &self.prefix_runs {
+            for (t, (_, s)) in total.iter_mut().zip(run.stage_stats()) {
+                t.documents_in += s.documents_in;
+                t.documents_out += s.documents_out;
+                t.errors += s.errors;
+                t.nanos += s.nanos;
+            }
+        }
+        total
+    }
+
+    /// Parses JSON payloads on the worker pool, keeping only the fields the pipeline
+    /// reads, and runs the pipeline's stateless prefix (`$match`, `$project`, ...) there
+    /// too, so the one thread that must see documents in order gets less to do.
+    fn parse(&mut self, records: Vec<Record>) -> Vec<Parsed> {
+        let keep_original = self.keep_original;
+        let fields = self.input_fields.as_deref();
+        let prefix_len = self.prefix_len;
+        let parse_one = |r: Record, prefix: Option<&mut PipelineRun>| {
+            let (document, raw) = match r.payload {
+                Payload::Document(d) => (Ok(d), None),
+                Payload::Json(text) => {
+                    let doc = match fields {
+                        Some(f) => parse_document_fields(&text, f),
+                        None => parse_document(&text),
+                    };
+                    let failed = doc.is_err();
+                    (doc.map_err(|e| e.to_string()), failed.then_some(text))
+                }
+            };
+            let original = match &document {
+                Ok(d) if keep_original => Some(d.clone()),
+                _ => None,
+            };
+            let document = document.map(|d| match prefix {
+                Some(run) if prefix_len > 0 => {
+                    let (mut outputs, mut errors) = (Vec::new(), Vec::new());
+                    run.push(d, &mut outputs, &mut errors);
+                    Ready::Prefixed { outputs, errors }
+                }
+                _ => Ready::Document(d),
+            });
+            Parsed {
+                document,
+                raw,
+                original,
+                partition: r.partition,
+                position: r.position,
+            }
+        };
+        if records.len() < 64 {
+            let mut prefix = self.prefix_runs.first_mut();
+            return records
+                .into_iter()
+                .map(|r| parse_one(r, prefix.as_deref_mut()))
+                .collect();
+        }
+        // One contiguous chunk per worker, each with its own prefix run; results keep
+        // the input order.
+        let chunk = records.len().div_ceil(self.prefix_runs.len().max(1));
+        let mut chunks: Vec<Vec<Record>> = Vec::new();
+        let mut rest = records;
+        while rest.len() > chunk {
+            let tail = rest.split_off(chunk);
+            chunks.push(rest);
+            rest = tail;
+        }
+        chunks.push(rest);
+        let runs = &mut self.prefix_runs;
+        let parsed: Vec<Vec<Parsed>> = self.workers.install(|| {
+            chunks
+                .into_par_iter()
+                .zip(runs.par_iter_mut())
+                .map(|(chunk, run)| {
+                    chunk
+                        .into_iter()
+                        .map(|r| parse_one(r, Some(&mut *run)))
+                        .collect()
+                })
+                .collect()
+        });
+        parsed.into_iter().flatten().collect()
+    }
 }
 
 /// A record after parsing, with what is needed to report it if it fails.
 struct Parsed {
-    document: Result<Document, String>,
+    document: Result<Ready, String>,
     raw: Option<String>,
+    /// A copy of the parsed document, kept when the error policy may need it.
+    original: Option<Document>,
     partition: Str,
     position: Value,
+}
+
+/// A parsed document, possibly already through the pipeline's stateless prefix.
+enum Ready {
+    /// Not yet processed by any stage.
+    Document(Document),
+    /// The outputs (and errors) of the first `prefix_len` stages.
+    Prefixed {
+        outputs: Vec<Document>,
+        errors: Vec<StageError>,
+    },
 }
 
 impl Processing {
@@ -582,12 +739,11 @@ impl Processing {
         mut self,
         mut run: PipelineRun,
         mut positions: SourcePositions,
-        mut rx: mpsc::Receiver<SourceMsg>,
+        mut rx: mpsc::Receiver<WorkMsg>,
         tx: mpsc::Sender<SinkMsg>,
     ) -> Result<Ending, RunError> {
         let mut last_trigger = Instant::now();
         let mut last_checkpoint = Instant::now();
-        let keep_original = self.policy.has_dead_letter() || self.policy.can_retry();
         loop {
             let Some(msg) = rx.blocking_recv() else {
                 // The source failed; its error is reported by the source task.
@@ -597,10 +753,11 @@ impl Processing {
             let mut out = Vec::new();
             let mut dead_letters = Vec::new();
             let ending = match msg {
-                SourceMsg::Batch(records) => {
-                    let n = records.len();
+                WorkMsg::Batch(items, prefix_stats) => {
+                    let n = items.len();
                     self.metrics.add_records_in(n as u64);
-                    for item in self.parse(records, keep_original) {
+                    self.prefix_stats = prefix_stats;
+                    for item in items {
                         self.process(&mut run, item, &mut positions, &mut out, &mut dead_letters)?;
                     }
                     // A bounded input behaves as a batch: its results come once, at the
@@ -618,7 +775,7 @@ impl Processing {
                     self.metrics.record_batch(n, started.elapsed());
                     None
                 }
-                SourceMsg::End => {
+                WorkMsg::End => {
                     if self.bounded || run.unbounded_input_problem().is_some() {
                         let mut errors = Vec::new();
                         run.finish(&mut out, &mut errors);
@@ -628,9 +785,9 @@ impl Processing {
                     }
                     Some(Ending::EndOfInput)
                 }
-                SourceMsg::Stop => Some(Ending::Stopped),
+                WorkMsg::Stop => Some(Ending::Stopped),
             };
-            self.metrics.set_stages(&run.stage_stats());
+            self.metrics.set_stages(&self.stage_stats(&run));
             let checkpoint = match ending {
                 // A finished bounded run has no state left to resume with.
                 Some(Ending::EndOfInput) if self.bounded => Some((positions.clone(), Vec::new())),
@@ -661,46 +818,21 @@ impl Processing {
         }
     }
 
+    /// Per-stage counters: the prefix stages ran on the parser's workers, the rest here.
+    fn stage_stats(&self, run: &PipelineRun) -> Vec<(&'static str, StageStats)> {
+        let mut stats = run.stage_stats();
+        for (total, s) in stats.iter_mut().zip(&self.prefix_stats) {
+            total.1.documents_in += s.documents_in;
+            total.1.documents_out += s.documents_out;
+            total.1.errors += s.errors;
+            total.1.nanos += s.nanos;
+        }
+        stats
+    }
+
     fn snapshot(&self, run: &PipelineRun) -> Result<Option<Vec<Value>>, RunError> {
         run.checkpoint_state()
             .map_err(|e| RunError::Internal(format!("cannot snapshot operator state: {e}")))
-    }
-
-    /// Parses JSON payloads on the worker pool, keeping only the fields the pipeline reads.
-    fn parse(&self, records: Vec<Record>, keep_raw: bool) -> Vec<Parsed> {
-        let fields = self.input_fields.as_deref();
-        let parse_one = |r: Record| {
-            let (document, raw) = match r.payload {
-                Payload::Document(d) => (Ok(d), None),
-                Payload::Json(text) => {
-                    let doc = match fields {
-                        Some(f) => parse_document_fields(&text, f),
-                        None => parse_document(&text),
-                    };
-                    let failed = doc.is_err();
-                    (
-                        doc.map_err(|e| e.to_string()),
-                        (keep_raw || failed).then_some(text),
-                    )
-                }
-            };
-            Parsed {
-                document,
-                raw,
-                partition: r.partition,
-                position: r.position,
-            }
-        };
-        if records.len() < 64 {
-            return records.into_iter().map(parse_one).collect();
-        }
-        self.workers.install(|| {
-            records
-                .into_par_iter()
-                .with_min_len(64)
-                .map(parse_one)
-                .collect()
-        })
     }
 
     fn process(
@@ -711,9 +843,14 @@ impl Processing {
         out: &mut Vec<Document>,
         dead_letters: &mut Vec<Document>,
     ) -> Result<(), RunError> {
-        positions.insert(item.partition.to_string(), item.position.clone());
-        let doc = match item.document {
-            Ok(d) => d,
+        match positions.get_mut(item.partition.as_str()) {
+            Some(p) => *p = item.position.clone(),
+            None => {
+                positions.insert(item.partition.to_string(), item.position.clone());
+            }
+        }
+        let ready = match item.document {
+            Ok(ready) => ready,
             Err(message) => {
                 let original = Value::string(item.raw.unwrap_or_default());
                 let failure = Failure {
@@ -727,17 +864,22 @@ impl Processing {
                 return self.apply_policy(&failure, ErrorKind::Permanent, dead_letters);
             }
         };
-        let original = self.policy.needs_original().then(|| doc.clone());
-        let mut attempt = 1;
-        let mut next = Some(doc);
+        let emitted = out.len();
         let mut errors = Vec::new();
+        match ready {
+            Ready::Document(doc) => run.push(doc, out, &mut errors),
+            Ready::Prefixed {
+                outputs,
+                errors: prefix_errors,
+            } => {
+                errors = prefix_errors;
+                for doc in outputs {
+                    run.push_at(self.prefix_len, doc, out, &mut errors);
+                }
+            }
+        }
+        let mut attempt = 1;
         loop {
-            let Some(doc) = next.take() else {
-                return Ok(());
-            };
-            let emitted = out.len();
-            errors.clear();
-            run.push(doc, out, &mut errors);
             let Some(error) = errors.first() else {
                 self.policy.record_success();
                 return Ok(());
@@ -747,16 +889,17 @@ impl Processing {
             } else {
                 ErrorKind::Permanent
             };
-            match self.policy.decide(kind, attempt) {
-                Decision::Retry(delay) => {
+            match (self.policy.decide(kind, attempt), &item.original) {
+                (Decision::Retry(delay), Some(original)) => {
                     // The whole document runs again: drop what it emitted this time.
                     out.truncate(emitted);
                     self.metrics.add_retries(1);
                     attempt += 1;
                     std::thread::sleep(delay);
-                    next = original.clone();
+                    errors.clear();
+                    run.push(original.clone(), out, &mut errors);
                 }
-                decision => {
+                (decision, original) => {
                     let original = original.clone().map(Value::Document).unwrap_or(Value::Null);
                     let failure = Failure {
                         stage: format!("pipeline[{}] {}", error.stage_index, error.stage),
