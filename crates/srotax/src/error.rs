@@ -1,10 +1,10 @@
 //! Typed errors of the command-line tool and the exit code each one maps to.
 
+use crate::run::RunCommandError;
 use std::io;
 use std::path::PathBuf;
 use stream_core::value::ExtJsonError;
 use stream_core::CompileError;
-use crate::run::RunCommandError;
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;

@@ -113,7 +113,9 @@ async fn run_async(settings: RunSettings) -> Result<(), RunCommandError> {
     if let (Some(addr), Some(prometheus)) = (settings.metrics_addr, prometheus) {
         serve::serve(addr, prometheus, handles.clone())
             .await
-            .map_err(|e| RunCommandError::Startup(format!("cannot serve metrics on {addr}: {e}")))?;
+            .map_err(|e| {
+                RunCommandError::Startup(format!("cannot serve metrics on {addr}: {e}"))
+            })?;
     }
     tokio::spawn(stop_on_signals(handles.clone()));
     let progress = std::io::stderr()
@@ -129,7 +131,10 @@ async fn run_async(settings: RunSettings) -> Result<(), RunCommandError> {
                 failures += 1;
                 clear_progress_line(progress.is_some());
                 eprintln!("error: pipeline '{}' failed: {e}", handle.pipeline_id());
-                eprintln!("{}", summary_line(handle.pipeline_id(), "failed", &handle.metrics(), None));
+                eprintln!(
+                    "{}",
+                    summary_line(handle.pipeline_id(), "failed", &handle.metrics(), None)
+                );
             }
             None => {}
         }
@@ -156,7 +161,9 @@ async fn stop_on_signals(handles: Arc<Vec<StreamingPipelineHandle>>) {
         h.stop();
     }
     wait_for_signal().await;
-    eprintln!("exiting without a final checkpoint; the previous checkpoint will be used on restart");
+    eprintln!(
+        "exiting without a final checkpoint; the previous checkpoint will be used on restart"
+    );
     std::process::exit(130);
 }
 
@@ -190,7 +197,12 @@ async fn show_progress(handles: Arc<Vec<StreamingPipelineHandle>>) {
         let secs = started.elapsed().as_secs_f64().max(1e-3);
         let parts: Vec<String> = handles
             .iter()
-            .filter(|h| matches!(h.status(), PipelineStatus::Running | PipelineStatus::Stopping))
+            .filter(|h| {
+                matches!(
+                    h.status(),
+                    PipelineStatus::Running | PipelineStatus::Stopping
+                )
+            })
             .map(|h| {
                 let m = h.metrics();
                 let mut s = format!(

@@ -91,8 +91,16 @@ async fn respond(
                 ("503 Service Unavailable", "text/plain", not_ready.concat())
             }
         }
-        ("GET", _) => ("404 Not Found", "text/plain", "try /metrics, /health or /ready\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics, /health or /ready\n".to_string(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
     };
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -56,7 +56,11 @@ fn lines(path: &str) -> Vec<String> {
 
 fn run_to_end(def: &str) -> std::process::Output {
     let out = Command::new(BIN).args(["run", def]).output().unwrap();
-    assert!(out.status.success(), "srotax run failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "srotax run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -73,7 +77,9 @@ fn kill_mid_run(def: &str, output: &str, rounds: usize) -> usize {
         let before = lines(output).len();
         let started = Instant::now();
         // Let it make some progress (a little more each round), then kill it.
-        while lines(output).len() < before + 200 * (round + 1) && started.elapsed() < Duration::from_secs(20) {
+        while lines(output).len() < before + 200 * (round + 1)
+            && started.elapsed() < Duration::from_secs(20)
+        {
             if child.try_wait().unwrap().is_some() {
                 break;
             }
@@ -96,25 +102,48 @@ fn generate_input(dir: &Dir, count: u64) {
 fn kill_9_mid_run_loses_nothing_and_duplicates_nothing() {
     let dir = Dir::new("stateless");
     generate_input(&dir, 60_000);
-    let def = definition(&dir, "paid", r#"[{"$match": {"status": "PAID"}}, {"$project": {"_id": "$orderId", "v": "$orderValue"}}]"#);
+    let def = definition(
+        &dir,
+        "paid",
+        r#"[{"$match": {"status": "PAID"}}, {"$project": {"_id": "$orderId", "v": "$orderValue"}}]"#,
+    );
     let output = dir.path("paid.out.jsonl");
     let killed = kill_mid_run(&def, &output, 3);
-    assert!(killed >= 1, "the run finished before it could be killed; use more input");
+    assert!(
+        killed >= 1,
+        "the run finished before it could be killed; use more input"
+    );
     run_to_end(&def);
 
     let expected: HashSet<String> = lines(&dir.path("orders.jsonl"))
         .iter()
         .map(|l| parse_document(l).unwrap())
         .filter(|d| d.get("status").and_then(Value::as_str) == Some("PAID"))
-        .map(|d| d.get("orderId").and_then(Value::as_str).unwrap().to_string())
+        .map(|d| {
+            d.get("orderId")
+                .and_then(Value::as_str)
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let got: Vec<String> = lines(&output)
         .iter()
-        .map(|l| parse_document(l).unwrap().get("_id").and_then(Value::as_str).unwrap().to_string())
+        .map(|l| {
+            parse_document(l)
+                .unwrap()
+                .get("_id")
+                .and_then(Value::as_str)
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let unique: HashSet<String> = got.iter().cloned().collect();
     assert_eq!(unique, expected, "every PAID order must be in the output");
-    assert_eq!(got.len(), unique.len(), "the file sink rolls back to the checkpoint: no duplicates");
+    assert_eq!(
+        got.len(),
+        unique.len(),
+        "the file sink rolls back to the checkpoint: no duplicates"
+    );
 }
 
 #[test]
@@ -132,7 +161,11 @@ fn kill_9_during_a_group_gives_the_same_final_table_as_an_uninterrupted_run() {
     // The table is written only at the end of the input, so kill on elapsed time.
     let mut killed = 0;
     for delay_ms in [150u64, 300, 450] {
-        let mut child = Command::new(BIN).args(["run", &def]).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = Command::new(BIN)
+            .args(["run", &def])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
@@ -140,18 +173,35 @@ fn kill_9_during_a_group_gives_the_same_final_table_as_an_uninterrupted_run() {
         }
         child.wait().unwrap();
     }
-    assert!(killed >= 1, "the run finished before it could be killed; use more input");
+    assert!(
+        killed >= 1,
+        "the run finished before it could be killed; use more input"
+    );
     run_to_end(&def);
-    assert_eq!(lines(&output), reference, "restored group state must give the uninterrupted result");
+    assert_eq!(
+        lines(&output),
+        reference,
+        "restored group state must give the uninterrupted result"
+    );
     // The same pipeline through `srotax eval` (rule-engine mode) agrees too.
     let pipeline_file = dir.path("pipeline.json");
     std::fs::write(&pipeline_file, pipeline).unwrap();
     let eval = Command::new(BIN)
-        .args(["eval", "--pipeline", &pipeline_file, "--input", &dir.path("orders.jsonl")])
+        .args([
+            "eval",
+            "--pipeline",
+            &pipeline_file,
+            "--input",
+            &dir.path("orders.jsonl"),
+        ])
         .output()
         .unwrap();
     assert!(eval.status.success());
-    let eval_lines: Vec<String> = String::from_utf8(eval.stdout).unwrap().lines().map(str::to_string).collect();
+    let eval_lines: Vec<String> = String::from_utf8(eval.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
     assert_eq!(eval_lines, reference);
 }
 
@@ -167,7 +217,11 @@ fn invalid_definitions_exit_2_naming_file_and_path() {
     let out = Command::new(BIN).args(["run", &def]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.json") && err.contains("pipeline[0].$group.t: unknown accumulator '$summ'"), "{err}");
+    assert!(
+        err.contains("bad.json")
+            && err.contains("pipeline[0].$group.t: unknown accumulator '$summ'"),
+        "{err}"
+    );
 
     std::fs::write(
         &def,
@@ -187,13 +241,23 @@ fn two_pipelines_run_side_by_side_and_report_summaries() {
     let b = definition(&dir, "b", r#"[{"$count": "n"}]"#);
     let out = run_to_end_many(&[&a, &b]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("a: completed: in 2000") && err.contains("b: completed: in 2000, out 1"), "{err}");
-    assert_eq!(lines(&dir.path("b.out.jsonl")), vec![r#"{"n":2000}"#.to_string()]);
+    assert!(
+        err.contains("a: completed: in 2000") && err.contains("b: completed: in 2000, out 1"),
+        "{err}"
+    );
+    assert_eq!(
+        lines(&dir.path("b.out.jsonl")),
+        vec![r#"{"n":2000}"#.to_string()]
+    );
 }
 
 fn run_to_end_many(defs: &[&str]) -> std::process::Output {
     let out = Command::new(BIN).arg("run").args(defs).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -229,15 +293,27 @@ fn sigterm_stops_gracefully_and_metrics_are_served() {
         assert!(Instant::now() < deadline, "metrics never appeared");
         std::thread::sleep(Duration::from_millis(50));
     };
-    let labels = r#"pipeline="gen",source_connector="generator",sink_connector="file",tenant="acme""#;
-    assert!(metrics.contains(&format!("stream_records_in{{{labels}}}")), "{metrics}");
-    assert!(metrics.contains(&format!(r#"stream_stage_documents_in{{{labels},stage="0:$match"}}"#)), "{metrics}");
+    let labels =
+        r#"pipeline="gen",source_connector="generator",sink_connector="file",tenant="acme""#;
+    assert!(
+        metrics.contains(&format!("stream_records_in{{{labels}}}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            r#"stream_stage_documents_in{{{labels},stage="0:$match"}}"#
+        )),
+        "{metrics}"
+    );
     assert!(metrics.contains("stream_batch_duration"), "{metrics}");
     assert_eq!(http_get(port, "/health").as_deref(), Some("ok\n"));
     assert_eq!(http_get(port, "/ready").as_deref(), Some("ready\n"));
 
     // SIGTERM: graceful stop with a summary and exit code 0.
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
@@ -247,7 +323,11 @@ fn sigterm_stops_gracefully_and_metrics_are_served() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn http_get(port: u16, path: &str) -> Option<String> {
