@@ -103,10 +103,19 @@ async fn run_async(settings: RunSettings) -> Result<(), RunCommandError> {
         let options = RunOptions {
             reset: settings.reset,
         };
-        let handle = orchestrator
-            .run_with(def, options)
-            .map_err(|source| RunCommandError::Definition { path, source })?;
-        handles.push(handle);
+        match orchestrator.run_with(def, options) {
+            Ok(handle) => handles.push(handle),
+            Err(source) => {
+                // Pipelines already started stop cleanly, with a final checkpoint.
+                for h in &handles {
+                    h.stop();
+                }
+                for h in &handles {
+                    let _ = h.await_termination(None).await;
+                }
+                return Err(RunCommandError::Definition { path, source });
+            }
+        }
     }
     let handles = Arc::new(handles);
 

@@ -1,7 +1,7 @@
 //! The streaming docs follow the code: every setting key the definition parser accepts
 //! (the `check_keys` lists of `stream-core/src/streaming/definition.rs`) is named in
 //! `docs/streaming.md`, every metric emitted by `stream-core/src/streaming/metrics.rs` has
-//! a row of the right type in `docs/metrics.md` (with every `MetricsSnapshot` field), and
+//! a row in `docs/metrics.md` whose second column is its type (with every `MetricsSnapshot` field), and
 //! the Rust example of `docs/streaming.md` is exactly the code below, which this test
 //! compiles and runs on real files.
 
@@ -122,7 +122,7 @@ fn every_metric_is_documented_with_its_type() {
             .find(|l| l.trim_start().starts_with(&format!("| `{name}`")));
         match row {
             None => problems.push(format!("{name}: no table row")),
-            Some(row) if !row.contains(kind) => {
+            Some(row) if row.split('|').nth(2).map(str::trim) != Some(*kind) => {
                 problems.push(format!("{name}: row does not say {kind}"))
             }
             Some(_) => {}
@@ -293,4 +293,53 @@ async fn the_documented_example_runs() {
             .count() as u64,
         paid
     );
+}
+
+/// GitHub's anchor of a heading: lower case, punctuation dropped, spaces as `-`.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn links_between_the_streaming_docs_resolve() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    let mut broken = Vec::new();
+    for name in [
+        "streaming.md",
+        "error-policies.md",
+        "metrics.md",
+        "operations.md",
+    ] {
+        let text = repo_file(&format!("docs/{name}"));
+        for link in text.split("](").skip(1).filter_map(|s| s.split(')').next()) {
+            if link.starts_with("http") {
+                continue;
+            }
+            let (file, anchor) = link.split_once('#').unwrap_or((link, ""));
+            let target = if file.is_empty() {
+                docs.join(name)
+            } else {
+                docs.join(file)
+            };
+            let Ok(target_text) = std::fs::read_to_string(&target) else {
+                broken.push(format!("{name}: {link} (no such file)"));
+                continue;
+            };
+            let headings: Vec<String> = target_text
+                .lines()
+                .filter_map(|l| l.strip_prefix('#'))
+                .map(|l| slug(l.trim_start_matches('#')))
+                .collect();
+            if !anchor.is_empty() && !headings.iter().any(|h| h == anchor) {
+                broken.push(format!("{name}: {link} (no such heading)"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links: {broken:?}");
 }

@@ -249,7 +249,7 @@ async fn poison_documents_go_alone_to_the_dead_letter_sink() {
     let h = harness(
         &[
             r#"{"n": "1"}"#,
-            r#"{"n": "abc"}"#,
+            r#"{"n": "abc", "other": [1]}"#,
             "{not json",
             r#"{"n": "3"}"#,
         ],
@@ -279,7 +279,11 @@ async fn poison_documents_go_alone_to_the_dead_letter_sink() {
         .and_then(Value::as_str)
         .unwrap()
         .contains("$toInt"));
-    assert_eq!(dlq[0].get("document").unwrap().to_json(), r#"{"n":"abc"}"#);
+    // The whole input, not only the fields the pipeline reads.
+    assert_eq!(
+        dlq[0].get("document").unwrap().to_json(),
+        r#"{"n":"abc","other":[1]}"#
+    );
     assert_eq!(
         dlq[0].get("attempts").and_then(Value::as_i64_exact),
         Some(1)
@@ -565,4 +569,28 @@ async fn metrics_listeners_see_every_batch_and_attributes_are_shared() {
         handle.context().attribute("owner"),
         Some(Value::string("team-a"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_guarantees_and_event_time_are_refused_not_ignored() {
+    let h = harness(&[], true, Collected::default());
+    let def = definition("[]", ErrorPolicyConfig::FailFast)
+        .runtime(RuntimeConfig {
+            processing_guarantee: ProcessingGuarantee::ExactlyOnce,
+            ..RuntimeConfig::default()
+        })
+        .build()
+        .unwrap();
+    let err = h.orchestrator.run(def).unwrap_err();
+    assert_eq!(err.path, "runtime.processingGuarantee");
+    assert!(err.message.contains("cannot give exactly-once"), "{err}");
+
+    let mut source = ConnectorConfig::new("test");
+    source.time_field = Some(Value::string("$ts"));
+    let def = definition("[]", ErrorPolicyConfig::FailFast)
+        .source(source)
+        .build()
+        .unwrap();
+    let err = h.orchestrator.run(def).unwrap_err();
+    assert_eq!(err.path, "source.timeField");
 }

@@ -130,20 +130,18 @@ impl OutputFields {
             .collect()
     }
 
-    /// Appends fresh (mostly unboxed) accumulator states for the group with `_id` `key`
-    /// to `out`; on error `out` is left as it was.
-    fn start_into(&self, key: &Value, env: &Env, out: &mut Vec<GroupAcc>) -> Result<(), EvalError> {
-        let len = out.len();
-        for s in &self.specs {
-            match s.start_group_acc(key, env) {
-                Ok(acc) => out.push(acc),
-                Err(e) => {
-                    out.truncate(len);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
+    /// Fresh (mostly unboxed) accumulator states for the `$group` group with `_id` `key`.
+    fn start_row(&self, key: &Value, env: &Env) -> Result<RowAccs, EvalError> {
+        Ok(match self.specs.as_slice() {
+            [a] => RowAccs::One(a.start_group_acc(key, env)?),
+            [a, b] => RowAccs::Two([a.start_group_acc(key, env)?, b.start_group_acc(key, env)?]),
+            specs => RowAccs::Many(
+                specs
+                    .iter()
+                    .map(|s| s.start_group_acc(key, env))
+                    .collect::<Result<_, _>>()?,
+            ),
+        })
     }
 
     /// Evaluates every accumulator's input for one document (nothing is updated yet).
@@ -256,12 +254,53 @@ struct GroupConfig {
     fields: OutputFields,
 }
 
-/// One group; its accumulator states are [`GroupStage::accs`]`[i * n..(i + 1) * n]` for
-/// group `i` of a stage with `n` accumulators.
+/// One group: its key next to its accumulator states (one cache miss per document of an
+/// existing group for the common one- and two-accumulator specifications).
 #[derive(Debug)]
 struct GroupRow {
     key: Value,
     changed: bool,
+    accs: RowAccs,
+}
+
+/// The accumulator states of one group, inline for up to two accumulators.
+#[derive(Debug)]
+enum RowAccs {
+    One(GroupAcc),
+    Two([GroupAcc; 2]),
+    Many(Vec<GroupAcc>),
+}
+
+impl RowAccs {
+    fn from_vec(mut v: Vec<GroupAcc>) -> RowAccs {
+        match v.len() {
+            1 => match v.pop() {
+                Some(a) => RowAccs::One(a),
+                None => RowAccs::Many(v),
+            },
+            2 => match <[GroupAcc; 2]>::try_from(v) {
+                Ok(two) => RowAccs::Two(two),
+                Err(v) => RowAccs::Many(v),
+            },
+            _ => RowAccs::Many(v),
+        }
+    }
+
+    fn as_slice(&self) -> &[GroupAcc] {
+        match self {
+            RowAccs::One(a) => std::slice::from_ref(a),
+            RowAccs::Two(two) => two,
+            RowAccs::Many(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [GroupAcc] {
+        match self {
+            RowAccs::One(a) => std::slice::from_mut(a),
+            RowAccs::Two(two) => two,
+            RowAccs::Many(v) => v,
+        }
+    }
 }
 
 /// The groups' index by MongoDB key equality, looked up with a borrowed key so that a
@@ -333,8 +372,6 @@ pub struct GroupStage {
     config: Arc<GroupConfig>,
     index: GroupIndex,
     groups: Vec<GroupRow>,
-    /// Every group's accumulator states, group after group (see [`GroupRow`]).
-    accs: Vec<GroupAcc>,
     changed: Vec<usize>,
 }
 
@@ -344,25 +381,21 @@ impl GroupStage {
             config,
             index: GroupIndex::default(),
             groups: Vec::new(),
-            accs: Vec::new(),
             changed: Vec::new(),
         }
-    }
-
-    /// The accumulator states of group `i`.
-    fn row_accs(accs: &[GroupAcc], n: usize, i: usize) -> &[GroupAcc] {
-        accs.get(i * n..(i + 1) * n).unwrap_or(&[])
     }
 
     /// Streaming update mode: appends to `out` the current result of every group changed
     /// since the previous call (in first-change order) and leaves the groups open.
     pub fn emit_changed(&mut self, out: &mut Vec<Document>) {
-        let n = self.config.fields.specs.len();
         for i in std::mem::take(&mut self.changed) {
             if let Some(row) = self.groups.get_mut(i) {
                 row.changed = false;
-                let accs = Self::row_accs(&self.accs, n, i);
-                out.push(self.config.fields.output(row.key.clone(), accs));
+                out.push(
+                    self.config
+                        .fields
+                        .output(row.key.clone(), row.accs.as_slice()),
+                );
             }
         }
     }
@@ -371,11 +404,13 @@ impl GroupStage {
     /// groups open.
     pub fn emit_all(&mut self, out: &mut Vec<Document>) {
         self.changed.clear();
-        let n = self.config.fields.specs.len();
-        for (i, row) in self.groups.iter_mut().enumerate() {
+        for row in &mut self.groups {
             row.changed = false;
-            let accs = Self::row_accs(&self.accs, n, i);
-            out.push(self.config.fields.output(row.key.clone(), accs));
+            out.push(
+                self.config
+                    .fields
+                    .output(row.key.clone(), row.accs.as_slice()),
+            );
         }
     }
 
@@ -395,20 +430,19 @@ impl GroupStage {
         let i = match self.index.find(hash, key, &self.groups) {
             Some(i) => i,
             None => {
-                config.fields.start_into(key, env, &mut self.accs)?;
+                let accs = config.fields.start_row(key, env)?;
                 let i = self.groups.len();
                 self.groups.push(GroupRow {
                     key: key.clone(),
                     changed: false,
+                    accs,
                 });
                 self.index.insert(hash, i);
                 i
             }
         };
-        let n = config.fields.specs.len();
-        let accs = self.accs.get_mut(i * n..(i + 1) * n).unwrap_or(&mut []);
-        OutputFields::apply(accs, inputs, &ctx)?;
         let row = &mut self.groups[i];
+        OutputFields::apply(row.accs.as_mut_slice(), inputs, &ctx)?;
         if !row.changed {
             row.changed = true;
             self.changed.push(i);
@@ -419,12 +453,9 @@ impl GroupStage {
     fn drain(&mut self, out: &mut Vec<Document>) {
         self.index.clear();
         self.changed.clear();
-        let n = self.config.fields.specs.len();
-        for (i, row) in self.groups.drain(..).enumerate() {
-            let accs = Self::row_accs(&self.accs, n, i);
-            out.push(self.config.fields.output(row.key, accs));
+        for row in self.groups.drain(..) {
+            out.push(self.config.fields.output(row.key, row.accs.as_slice()));
         }
-        self.accs.clear();
     }
 }
 
@@ -486,9 +517,8 @@ impl Stage for GroupStage {
     /// `[[key, [accumulator states...], changedSinceTrigger], ...]` in first-seen order.
     fn checkpoint_state(&self) -> Result<StageState, EvalError> {
         let mut groups = Vec::with_capacity(self.groups.len());
-        let n = self.config.fields.specs.len();
-        for (i, row) in self.groups.iter().enumerate() {
-            let Some(states) = OutputFields::save_row(Self::row_accs(&self.accs, n, i)) else {
+        for row in &self.groups {
+            let Some(states) = OutputFields::save_row(row.accs.as_slice()) else {
                 return Ok(StageState::Unsupported);
             };
             groups.push(Value::Array(vec![
@@ -522,8 +552,8 @@ impl Stage for GroupStage {
             restored.groups.push(GroupRow {
                 key: key.clone(),
                 changed: *changed,
+                accs: RowAccs::from_vec(accs),
             });
-            restored.accs.extend(accs);
             if *changed {
                 restored.changed.push(i);
             }
@@ -676,10 +706,21 @@ mod tests {
     use crate::value::parse_value;
 
     #[test]
+    fn row_sizes() {
+        eprintln!(
+            "GroupAcc {} GroupRow {} Value {}",
+            std::mem::size_of::<GroupAcc>(),
+            std::mem::size_of::<GroupRow>(),
+            std::mem::size_of::<Value>()
+        );
+    }
+
+    #[test]
     fn group_index_chains_hash_collisions() {
         let row = |key: Value| GroupRow {
             key,
             changed: false,
+            accs: RowAccs::Many(Vec::new()),
         };
         let groups = vec![
             row(Value::from("a")),

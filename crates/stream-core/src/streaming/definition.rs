@@ -407,7 +407,8 @@ pub enum ErrorPolicyConfig {
         /// The policy once retries are exhausted or the failure is permanent.
         then: Box<ErrorPolicyConfig>,
     },
-    /// Open after consecutive failures; while open, fail fast without calling the sink.
+    /// Sink writes pause after `failureThreshold` consecutive failures; after the
+    /// cool-down one trial write goes through (half-open) and a success closes it.
     CircuitBreaker {
         /// Breaker settings.
         breaker: CircuitBreakerConfig,
@@ -429,6 +430,19 @@ impl ErrorPolicyConfig {
             },
             Value::Document(d) => {
                 check_keys(d, path, &["failFast", "skipAndContinue", "retry", "then", "deadLetter", "circuitBreaker"])?;
+                let primary: Vec<&str> = ["failFast", "skipAndContinue", "retry", "deadLetter"]
+                    .into_iter()
+                    .filter(|k| d.contains_key(k))
+                    .collect();
+                if primary.len() > 1 {
+                    return Err(DefinitionError::new(
+                        path,
+                        format!(
+                            "choose one of {} (to dead-letter after retries, write {{\"retry\": {{...}}, \"then\": {{\"deadLetter\": {{...}}}}}})",
+                            primary.join(", ")
+                        ),
+                    ));
+                }
                 let mut policy = if let Some(retry) = d.get("retry") {
                     let then = match d.get("then") {
                         Some(t) => ErrorPolicyConfig::parse(t, &path_key(path, "then"))?,
@@ -998,6 +1012,17 @@ mod tests {
         let bad = DEF.replace(r#""trigger""#, r#""trigge""#);
         let e = StreamingPipelineDefinition::from_json_str_with_env(&bad, &env).unwrap_err();
         assert_eq!(e.path, "runtime.trigge");
+    }
+
+    #[test]
+    fn error_policies_take_one_primary_action() {
+        let bad = DEF.replace(
+            r#""then": {"deadLetter""#,
+            r#""deadLetter": {"type": "file"}, "then": {"deadLetter""#,
+        );
+        let e = StreamingPipelineDefinition::from_json_str_with_env(&bad, &env).unwrap_err();
+        assert_eq!(e.path, "errorPolicy");
+        assert!(e.message.contains("choose one of retry, deadLetter"), "{e}");
     }
 
     #[test]

@@ -21,7 +21,6 @@ pub struct PipelineMetrics {
     retries: AtomicU64,
     batches: AtomicU64,
     checkpoints: AtomicU64,
-    replayed: AtomicU64,
     lag: AtomicU64,
     progress: Mutex<Option<Progress>>,
     stages: Mutex<Vec<StageMetrics>>,
@@ -58,10 +57,6 @@ pub struct MetricsSnapshot {
     pub batches: u64,
     /// Checkpoints written.
     pub checkpoints: u64,
-    /// Records read again after a restart because they came after the last checkpoint
-    /// (their outputs may be duplicates in a non-idempotent sink). Reported by sources
-    /// that can tell; 0 otherwise.
-    pub replayed: u64,
     /// Records available in the source but not yet read, when the source can tell.
     pub lag: u64,
     /// How far a bounded source has read, when it can tell.
@@ -129,10 +124,6 @@ impl PipelineMetrics {
     /// Retry attempts.
     pub fn add_retries(&self, n: u64) {
         self.add(&self.retries, "stream.retries", n);
-    }
-    /// Records replayed after a restart.
-    pub fn add_replayed(&self, n: u64) {
-        self.add(&self.replayed, "stream.replayed", n);
     }
     /// A checkpoint was written.
     pub fn add_checkpoint(&self) {
@@ -202,7 +193,6 @@ impl PipelineMetrics {
             retries: get(&self.retries),
             batches: get(&self.batches),
             checkpoints: get(&self.checkpoints),
-            replayed: get(&self.replayed),
             lag: get(&self.lag),
             progress: *self.progress.lock().unwrap_or_else(|p| p.into_inner()),
             stages: self

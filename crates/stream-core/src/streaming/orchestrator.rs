@@ -22,7 +22,9 @@ use super::connector::{
     SourcePositions,
 };
 use super::context::{MetricsListener, StreamingContext};
-use super::definition::{DefinitionError, OutputMode, StreamingPipelineDefinition, Trigger};
+use super::definition::{
+    DefinitionError, OutputMode, ProcessingGuarantee, StreamingPipelineDefinition, Trigger,
+};
 use super::error_policy::{Decision, ErrorPolicy};
 use super::metrics::{MetricsRegistry, MetricsSnapshot, PipelineMetrics};
 use super::state::{
@@ -206,6 +208,29 @@ impl StreamingPipelineOrchestrator {
                 )
             })?
             .create(&def.state)?;
+        if def.source.time_field.is_some() || def.source.watermark.is_some() {
+            let key = if def.source.time_field.is_some() {
+                "timeField"
+            } else {
+                "watermark"
+            };
+            return Err(DefinitionError::new(
+                format!("source.{key}"),
+                "event time (timeField, watermark) is not supported yet; remove it",
+            ));
+        }
+        if def.runtime.processing_guarantee == ProcessingGuarantee::ExactlyOnce
+            && !sink.is_transactional()
+            && sink.committed_position().is_none()
+        {
+            return Err(DefinitionError::new(
+                "runtime.processingGuarantee",
+                format!(
+                    "the {} sink can neither commit transactions nor roll back to a checkpoint, so it cannot give exactly-once output; use \"at_least_once\"",
+                    def.sink.connector_type
+                ),
+            ));
+        }
         let unbounded = !source.is_bounded() && def.runtime.trigger != Trigger::AvailableNow;
         if unbounded {
             if let Some(problem) = pipeline.start().unbounded_input_problem() {
@@ -654,8 +679,11 @@ impl Parser {
                         Some(f) => parse_document_fields(&text, f),
                         None => parse_document(&text),
                     };
-                    let failed = doc.is_err();
-                    (doc.map_err(|e| e.to_string()), failed.then_some(text))
+                    // The text is kept when the record may be dead-lettered: the parsed
+                    // document holds only the fields the pipeline reads, a dead letter
+                    // must carry the whole input.
+                    let keep_text = doc.is_err() || keep_original;
+                    (doc.map_err(|e| e.to_string()), keep_text.then_some(text))
                 }
             };
             let original = match &document {
@@ -716,6 +744,7 @@ impl Parser {
 /// A record after parsing, with what is needed to report it if it fails.
 struct Parsed {
     document: Result<Ready, String>,
+    /// The record's JSON text, kept when it failed to parse or may be dead-lettered.
     raw: Option<String>,
     /// A copy of the parsed document, kept when the error policy may need it.
     original: Option<Document>,
@@ -900,7 +929,12 @@ impl Processing {
                     run.push(original.clone(), out, &mut errors);
                 }
                 (decision, original) => {
-                    let original = original.clone().map(Value::Document).unwrap_or(Value::Null);
+                    let original = match &item.raw {
+                        Some(text) => parse_document(text)
+                            .map(Value::Document)
+                            .unwrap_or_else(|_| Value::string(text.as_str())),
+                        None => original.clone().map(Value::Document).unwrap_or(Value::Null),
+                    };
                     let failure = Failure {
                         stage: format!("pipeline[{}] {}", error.stage_index, error.stage),
                         message: error.error.message.clone(),
@@ -1045,11 +1079,13 @@ impl Delivery {
                 mut dead_letters,
                 checkpoint,
             } = msg;
-            if !documents.is_empty() {
-                self.deliver(&documents, &mut dead_letters).await?;
-            }
+            let written = if documents.is_empty() {
+                0
+            } else {
+                self.deliver(&documents, &mut dead_letters).await?
+            };
             self.flush().await?;
-            self.metrics.add_documents_out(documents.len() as u64);
+            self.metrics.add_documents_out(written);
             if !dead_letters.is_empty() {
                 self.write_dead_letters(&dead_letters).await?;
             }
@@ -1078,13 +1114,14 @@ impl Delivery {
         Ok(())
     }
 
-    /// Writes a batch under the error policy. A batch the sink rejects permanently is
-    /// split so that only the offending documents go through the policy.
+    /// Writes a batch under the error policy and returns how many documents the sink
+    /// took. A batch the sink rejects permanently is split so that only the offending
+    /// documents go through the policy.
     async fn deliver(
         &mut self,
         documents: &[Document],
         dead_letters: &mut Vec<Document>,
-    ) -> Result<(), RunError> {
+    ) -> Result<u64, RunError> {
         let mut attempt = 1;
         loop {
             let wait = self.policy.wait_before_call();
@@ -1095,7 +1132,7 @@ impl Delivery {
             let error = match self.sink.write(documents).await {
                 Ok(()) => {
                     self.policy.record_success();
-                    return Ok(());
+                    return Ok(documents.len() as u64);
                 }
                 Err(e) => e,
             };
@@ -1106,12 +1143,17 @@ impl Delivery {
                     attempt += 1;
                     tokio::time::sleep(delay).await;
                 }
-                Decision::Fail => return Err(RunError::Sink(error)),
+                Decision::Fail => {
+                    self.metrics.add_failed(documents.len() as u64);
+                    return Err(RunError::Sink(error));
+                }
                 _ if documents.len() > 1 && error.kind == ErrorKind::Permanent => {
+                    let mut written = 0;
                     for doc in documents {
-                        Box::pin(self.deliver(std::slice::from_ref(doc), dead_letters)).await?;
+                        written +=
+                            Box::pin(self.deliver(std::slice::from_ref(doc), dead_letters)).await?;
                     }
-                    return Ok(());
+                    return Ok(written);
                 }
                 decision => {
                     self.metrics.add_failed(documents.len() as u64);
@@ -1130,7 +1172,7 @@ impl Delivery {
                     } else {
                         self.metrics.add_skipped(documents.len() as u64);
                     }
-                    return Ok(());
+                    return Ok(0);
                 }
             }
         }
