@@ -307,38 +307,55 @@ impl RowAccs {
 /// document of an existing group costs no clone of its key: `heads` maps a key's hash
 /// (consistent with [`HashableValue`]) to the newest group with that hash, and `next[i]`
 /// chains group `i` to the previous group with the same hash (collisions are rare).
+/// Hashes and indexes are 32-bit ([`NO_GROUP`] ends a chain) so that the table stays
+/// small enough to remain in cache with tens of thousands of groups.
 #[derive(Debug, Default)]
 struct GroupIndex {
     hasher: foldhash::fast::RandomState,
-    heads: HashMap<u64, usize, BuildHasherDefault<PrehashedHasher>>,
-    next: Vec<Option<usize>>,
+    heads: HashMap<u32, u32, BuildHasherDefault<PrehashedHasher>>,
+    next: Vec<u32>,
 }
 
+/// The end of a chain in [`GroupIndex::next`].
+const NO_GROUP: u32 = u32::MAX;
+
 impl GroupIndex {
-    fn hash(&self, key: &Value) -> u64 {
+    fn hash(&self, key: &Value) -> u32 {
         let mut h = self.hasher.build_hasher();
         HashableValue::hash_ref(key, &mut h);
-        h.finish()
+        let h = h.finish();
+        (h ^ (h >> 32)) as u32
     }
 
     /// The group whose key equals `key` (which hashes to `hash`).
-    fn find(&self, hash: u64, key: &Value, groups: &[GroupRow]) -> Option<usize> {
-        let mut cur = self.heads.get(&hash).copied();
-        while let Some(i) = cur {
+    fn find(&self, hash: u32, key: &Value, groups: &[GroupRow]) -> Option<usize> {
+        let mut cur = self.heads.get(&hash).copied().unwrap_or(NO_GROUP);
+        while cur != NO_GROUP {
+            let i = cur as usize;
             let row = groups.get(i)?;
             if compare_values(&row.key, key) == Ordering::Equal {
                 return Some(i);
             }
-            cur = self.next.get(i).copied().flatten();
+            cur = self.next.get(i).copied().unwrap_or(NO_GROUP);
         }
         None
     }
 
-    /// Records the group just appended at index `i` (= the number of earlier groups).
-    fn insert(&mut self, hash: u64, i: usize) {
+    /// Records the group about to be appended at index `i` (= the number of earlier
+    /// groups); fails when there are too many groups to index.
+    fn insert(&mut self, hash: u32, i: usize) -> Result<(), EvalError> {
         debug_assert_eq!(self.next.len(), i);
+        let i = u32::try_from(i)
+            .ok()
+            .filter(|i| *i != NO_GROUP)
+            .ok_or_else(|| {
+                EvalError::new(format!(
+                    "$group: too many groups (at most {NO_GROUP}); group by a coarser key"
+                ))
+            })?;
         let prev = self.heads.insert(hash, i);
-        self.next.push(prev);
+        self.next.push(prev.unwrap_or(NO_GROUP));
+        Ok(())
     }
 
     fn clear(&mut self) {
@@ -356,13 +373,15 @@ impl Hasher for PrehashedHasher {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used; this keeps any other use correct.
+        // Only `write_u32` is used; this keeps any other use correct.
         for &b in bytes {
             self.0 = self.0.rotate_left(8) ^ u64::from(b);
         }
     }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
+    fn write_u32(&mut self, n: u32) {
+        // The table takes its bucket from the low bits and its tag from the top 7 bits:
+        // both must come from the hash.
+        self.0 = u64::from(n) | (u64::from(n) << 32);
     }
 }
 
@@ -432,12 +451,12 @@ impl GroupStage {
             None => {
                 let accs = config.fields.start_row(key, env)?;
                 let i = self.groups.len();
+                self.index.insert(hash, i)?;
                 self.groups.push(GroupRow {
                     key: key.clone(),
                     changed: false,
                     accs,
                 });
-                self.index.insert(hash, i);
                 i
             }
         };
@@ -548,7 +567,7 @@ impl Stage for GroupStage {
             if restored.index.find(hash, key, &restored.groups).is_some() {
                 return Err(invalid_state(name, item));
             }
-            restored.index.insert(hash, i);
+            restored.index.insert(hash, i)?;
             restored.groups.push(GroupRow {
                 key: key.clone(),
                 changed: *changed,
@@ -730,7 +749,7 @@ mod tests {
         let mut index = GroupIndex::default();
         // Force all three keys under one hash: lookups must still tell them apart.
         for i in 0..groups.len() {
-            index.insert(7, i);
+            index.insert(7, i).unwrap();
         }
         assert_eq!(index.find(7, &Value::from("a"), &groups), Some(0));
         assert_eq!(index.find(7, &Value::from("c"), &groups), Some(2));

@@ -8,89 +8,63 @@ use crate::value::{compare_values, Document, Str, Value};
 use chrono::{DateTime, Months, Utc};
 use std::cmp::Ordering;
 
-/// A time unit of `range` windows and of `$derivative` / `$integral`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum TimeUnit {
-    Year,
-    Quarter,
-    Month,
-    Week,
-    Day,
-    Hour,
-    Minute,
-    Second,
-    Millisecond,
+/// The unit of a `range` window or of `$derivative` / `$integral`: the same units as
+/// `$dateAdd`.
+pub(super) use crate::expr::datetime::TimeUnit;
+
+/// Parses a `unit` argument (`"hour"`, ...).
+pub(super) fn parse_unit(v: &Value, path: &str) -> Result<TimeUnit, CompileError> {
+    let Some(s) = v.as_str() else {
+        return Err(CompileError::new(
+            path,
+            format!("'unit' must be a string, found {}", v.type_name()),
+        ));
+    };
+    TimeUnit::parse(s).ok_or_else(|| {
+        CompileError::new(
+            path,
+            format!("unknown time unit '{s}'; use one of year, quarter, month, week, day, hour, minute, second, millisecond"),
+        )
+    })
 }
 
-impl TimeUnit {
-    /// Parses a unit name (`"hour"`, ...).
-    pub(super) fn parse(v: &Value, path: &str) -> Result<TimeUnit, CompileError> {
-        let Some(s) = v.as_str() else {
-            return Err(CompileError::new(
-                path,
-                format!("'unit' must be a string, found {}", v.type_name()),
-            ));
-        };
-        Ok(match s {
-            "year" => TimeUnit::Year,
-            "quarter" => TimeUnit::Quarter,
-            "month" => TimeUnit::Month,
-            "week" => TimeUnit::Week,
-            "day" => TimeUnit::Day,
-            "hour" => TimeUnit::Hour,
-            "minute" => TimeUnit::Minute,
-            "second" => TimeUnit::Second,
-            "millisecond" => TimeUnit::Millisecond,
-            other => {
-                return Err(CompileError::new(
-                    path,
-                    format!("unknown time unit '{other}'; use one of year, quarter, month, week, day, hour, minute, second, millisecond"),
-                ))
-            }
-        })
+/// Milliseconds in one unit, for the fixed-length units (`week` and smaller).
+pub(super) fn unit_millis(unit: TimeUnit) -> Option<i64> {
+    match unit {
+        TimeUnit::Year | TimeUnit::Quarter | TimeUnit::Month => None,
+        TimeUnit::Week => Some(604_800_000),
+        TimeUnit::Day => Some(86_400_000),
+        other => other.fixed_millis(),
     }
+}
 
-    /// Milliseconds in one unit, for the fixed-length units (`week` and smaller).
-    pub(super) fn fixed_millis(self) -> Option<i64> {
-        match self {
-            TimeUnit::Year | TimeUnit::Quarter | TimeUnit::Month => None,
-            TimeUnit::Week => Some(604_800_000),
-            TimeUnit::Day => Some(86_400_000),
-            TimeUnit::Hour => Some(3_600_000),
-            TimeUnit::Minute => Some(60_000),
-            TimeUnit::Second => Some(1_000),
-            TimeUnit::Millisecond => Some(1),
-        }
+/// `millis + amount` units in UTC, calendar-aware for months, quarters and years (the
+/// day of month is clamped to the end of a shorter month, as `$dateAdd` does).
+/// Saturates instead of overflowing: a window bound past the date range is unbounded.
+fn add_units(unit: TimeUnit, millis: i64, amount: i64) -> i64 {
+    let saturate = if amount < 0 { i64::MIN } else { i64::MAX };
+    if let Some(ms) = unit_millis(unit) {
+        return amount
+            .checked_mul(ms)
+            .and_then(|d| millis.checked_add(d))
+            .unwrap_or(saturate);
     }
-
-    /// `millis + amount` units in UTC, calendar-aware for months, quarters and years (the
-    /// day of month is clamped to the end of a shorter month, as `$dateAdd` does).
-    /// Saturates instead of overflowing.
-    fn add_to(self, millis: i64, amount: i64) -> i64 {
-        let saturate = if amount < 0 { i64::MIN } else { i64::MAX };
-        if let Some(ms) = self.fixed_millis() {
-            return amount
-                .checked_mul(ms)
-                .and_then(|d| millis.checked_add(d))
-                .unwrap_or(saturate);
-        }
-        let months = match self {
-            TimeUnit::Year => amount.checked_mul(12),
-            TimeUnit::Quarter => amount.checked_mul(3),
-            _ => Some(amount),
-        };
-        let shifted = months.and_then(|m| {
-            let dt = DateTime::<Utc>::from_timestamp_millis(millis)?;
-            let n = Months::new(u32::try_from(m.unsigned_abs()).ok()?);
-            let moved = if m < 0 {
-                dt.checked_sub_months(n)
-            } else {
-                dt.checked_add_months(n)
-            }?;
-            Some(moved.timestamp_millis())
-        });
-        shifted.unwrap_or(saturate)
-    }
+    let months = match unit {
+        TimeUnit::Year => amount.checked_mul(12),
+        TimeUnit::Quarter => amount.checked_mul(3),
+        _ => Some(amount),
+    };
+    let shifted = months.and_then(|m| {
+        let dt = DateTime::<Utc>::from_timestamp_millis(millis)?;
+        let n = Months::new(u32::try_from(m.unsigned_abs()).ok()?);
+        let moved = if m < 0 {
+            dt.checked_sub_months(n)
+        } else {
+            dt.checked_add_months(n)
+        }?;
+        Some(moved.timestamp_millis())
+    });
+    shifted.unwrap_or(saturate)
 }
 
 /// One side of a window.
@@ -225,7 +199,7 @@ impl Bounds {
         let p = path_key(path, "range");
         let (lo, hi) = unpack(range, &p)?;
         let unit = match unit {
-            Some(u) => Some(TimeUnit::parse(u, &path_key(path, "unit"))?),
+            Some(u) => Some(parse_unit(u, &path_key(path, "unit"))?),
             None => None,
         };
         let check = |v: &Value, p: &str| -> Result<Value, CompileError> {
@@ -314,7 +288,7 @@ impl Bounds {
                 let threshold = |delta: &Value| -> Value {
                     match (unit, base.as_ref()) {
                         (Some(u), Value::Date(ms)) => {
-                            Value::Date(u.add_to(*ms, delta.as_i64_exact().unwrap_or(0)))
+                            Value::Date(add_units(*u, *ms, delta.as_i64_exact().unwrap_or(0)))
                         }
                         _ => match (base.as_number(), delta.as_number()) {
                             (Some(a), Some(b)) => a.add(b).to_value(),
@@ -460,22 +434,28 @@ mod tests {
     #[test]
     fn calendar_units_clamp_to_month_end() {
         let jan31 = ms("2024-01-31T10:00:00Z");
-        assert_eq!(TimeUnit::Month.add_to(jan31, 1), ms("2024-02-29T10:00:00Z"));
         assert_eq!(
-            TimeUnit::Month.add_to(jan31, -2),
+            add_units(TimeUnit::Month, jan31, 1),
+            ms("2024-02-29T10:00:00Z")
+        );
+        assert_eq!(
+            add_units(TimeUnit::Month, jan31, -2),
             ms("2023-11-30T10:00:00Z")
         );
         assert_eq!(
-            TimeUnit::Quarter.add_to(jan31, 1),
+            add_units(TimeUnit::Quarter, jan31, 1),
             ms("2024-04-30T10:00:00Z")
         );
         assert_eq!(
-            TimeUnit::Year.add_to(ms("2024-02-29T00:00:00Z"), 1),
+            add_units(TimeUnit::Year, ms("2024-02-29T00:00:00Z"), 1),
             ms("2025-02-28T00:00:00Z")
         );
-        assert_eq!(TimeUnit::Week.add_to(jan31, -1), ms("2024-01-24T10:00:00Z"));
-        assert_eq!(TimeUnit::Millisecond.add_to(i64::MAX, 1), i64::MAX);
-        assert_eq!(TimeUnit::Year.add_to(0, i64::MIN), i64::MIN);
+        assert_eq!(
+            add_units(TimeUnit::Week, jan31, -1),
+            ms("2024-01-24T10:00:00Z")
+        );
+        assert_eq!(add_units(TimeUnit::Millisecond, i64::MAX, 1), i64::MAX);
+        assert_eq!(add_units(TimeUnit::Year, 0, i64::MIN), i64::MIN);
     }
 
     fn docs(xs: &[i32]) -> Vec<Document> {

@@ -3,7 +3,7 @@
 //! `$documentNumber`, `$shift`, `$locf`, `$linearFill`, `$derivative`, `$integral`, `$expMovingAvg`,
 //! `$covariancePop`, `$covarianceSamp`, `$first`, `$last`).
 
-use super::bounds::{Bound, Bounds, TimeUnit};
+use super::bounds::{parse_unit, unit_millis, Bound, Bounds};
 use super::{sort_key, SortSpec};
 use crate::error::{path_index, path_key, CompileError, EvalError};
 use crate::expr::{compile_expr, doc_path, CompileCtx, Ctx, Env, Expr};
@@ -470,8 +470,8 @@ fn compile_with_unit(
         match k.as_str() {
             "input" => input = Some(compile_expr(v, &p, cx)?),
             "unit" => {
-                let unit = TimeUnit::parse(v, &p)?;
-                match unit.fixed_millis() {
+                let unit = parse_unit(v, &p)?;
+                match unit_millis(unit) {
                     Some(ms) => unit_ms = Some(ms),
                     None => return Err(err(&p, format!("{name}: unit must be 'week' or smaller"))),
                 }
