@@ -8,6 +8,7 @@
 //! Each family of operators lives in its own module and exports an `OPERATORS` table of
 //! `(name, compile function)`; [`compile_expr`] dispatches on the operator name.
 
+mod accumulate;
 mod arith;
 mod array;
 mod compare;
@@ -339,6 +340,7 @@ fn operator_table() -> &'static HashMap<&'static str, CompileFn> {
         let mut m = HashMap::new();
         for table in [
             misc::OPERATORS,
+            accumulate::OPERATORS,
             arith::OPERATORS,
             compare::OPERATORS,
             cond::OPERATORS,

@@ -333,7 +333,7 @@ impl GroupIndex {
         while cur != NO_GROUP {
             let i = cur as usize;
             let row = groups.get(i)?;
-            if compare_values(&row.key, key) == Ordering::Equal {
+            if keys_equal(&row.key, key) {
                 return Some(i);
             }
             cur = self.next.get(i).copied().unwrap_or(NO_GROUP);
@@ -361,6 +361,15 @@ impl GroupIndex {
     fn clear(&mut self) {
         self.heads.clear();
         self.next.clear();
+    }
+}
+
+/// MongoDB key equality ([`compare_values`] is `Equal`), with a fast path for the common
+/// string keys (equal strings are equal bytes: no collation here).
+fn keys_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::String(x), Value::String(y)) => x.as_bytes() == y.as_bytes(),
+        _ => compare_values(a, b) == Ordering::Equal,
     }
 }
 
