@@ -339,3 +339,37 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     let (head, body) = resp.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
+
+#[test]
+fn the_streaming_sample_gives_the_expected_table_and_resumes() {
+    let dir = Dir::new("sample");
+    let samples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../samples");
+    let run = || {
+        let out = Command::new(BIN)
+            .args(["run", &format!("{samples}/orders-ltv/streaming.json")])
+            .env("SAMPLES", samples)
+            .env("OUT_DIR", dir.0.display().to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let first = run();
+    assert!(
+        first.contains("orders-ltv: completed: in 200, out 36"),
+        "{first}"
+    );
+    let expected = lines(&format!("{samples}/orders-ltv/expected.jsonl"));
+    assert_eq!(lines(&dir.path("orders-ltv.jsonl")), expected);
+    // Everything was checkpointed: a second run reads nothing and adds nothing.
+    let second = run();
+    assert!(
+        second.contains("orders-ltv: completed: in 0, out 0"),
+        "{second}"
+    );
+    assert_eq!(lines(&dir.path("orders-ltv.jsonl")), expected);
+}
