@@ -75,6 +75,9 @@ impl<'a> Inputs<'a> {
 pub(crate) struct OutputFields {
     pub(crate) names: Vec<Str>,
     pub(crate) specs: Vec<AccumulatorSpec>,
+    /// True when a name repeats or is `_id`: [`OutputFields::output`] must then insert
+    /// (replace) rather than append.
+    repeated: bool,
 }
 
 impl OutputFields {
@@ -106,6 +109,7 @@ impl OutputFields {
             ));
         }
         self.specs.push(compile_accumulator(spec, path, cx)?);
+        self.repeated |= name == "_id" || self.names.contains(name);
         self.names.push(name.clone());
         Ok(())
     }
@@ -214,7 +218,12 @@ impl OutputFields {
         d.push_unchecked("_id", id);
         for (name, acc) in self.names.iter().zip(row) {
             let v = acc.result();
-            d.insert(name.clone(), if v.is_missing() { Value::Null } else { v });
+            let v = if v.is_missing() { Value::Null } else { v };
+            if self.repeated {
+                d.insert(name.clone(), v);
+            } else {
+                d.push_unchecked(name.clone(), v);
+            }
         }
         d
     }
@@ -732,16 +741,6 @@ fn compile_sort_by_count(
 mod tests {
     use super::*;
     use crate::value::parse_value;
-
-    #[test]
-    fn row_sizes() {
-        eprintln!(
-            "GroupAcc {} GroupRow {} Value {}",
-            std::mem::size_of::<GroupAcc>(),
-            std::mem::size_of::<GroupRow>(),
-            std::mem::size_of::<Value>()
-        );
-    }
 
     #[test]
     fn group_index_chains_hash_collisions() {
