@@ -64,6 +64,21 @@ pub fn parse_document_fields_into(
     doc: &mut Document,
 ) -> Result<(), ExtJsonError> {
     doc.fields.clear();
+    if super::scan::scan_fields_into(text, fields, doc).is_some() {
+        return Ok(());
+    }
+    doc.fields.clear();
+    parse_document_fields_serde(text, fields, doc)
+}
+
+/// The general path of [`parse_document_fields_into`]: serde_json with a visitor that
+/// skips unwanted fields. Handles what the fast scanner leaves to it (escaped keys,
+/// surrogate escapes) and gives the error messages.
+pub(super) fn parse_document_fields_serde(
+    text: &str,
+    fields: &[Str],
+    doc: &mut Document,
+) -> Result<(), ExtJsonError> {
     let mut de = serde_json::Deserializer::from_str(text);
     de::Deserializer::deserialize_map(&mut de, ProjectedVisitor { fields, doc })?;
     de.end()?;
@@ -244,7 +259,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
 
 impl Document {
     /// JSON objects may repeat a key; the last one wins, as in MongoDB's parsers.
-    fn push_json_field(&mut self, k: Str, v: Value) {
+    pub(super) fn push_json_field(&mut self, k: Str, v: Value) {
         if self.contains_key(&k) {
             self.insert(k, v);
         } else {

@@ -9,6 +9,7 @@
 mod compare;
 mod extjson;
 mod number;
+mod scan;
 
 pub use compare::{canonical_rank, compare_values, HashableValue, ValueHashMap, ValueHashSet};
 pub use extjson::{

@@ -1,0 +1,314 @@
+//! A fast path for projected parsing ([`super::parse_document_fields`]): a strict JSON
+//! scanner walks a flat object, validates and skips the values of unwanted fields
+//! without building anything, and hands only the wanted values to the full parser.
+//!
+//! It gives up (returns `None`) on anything unusual — an escaped key, nesting deeper than
+//! serde_json allows, any syntax error — and the caller then parses the text with
+//! serde_json, which produces the same result or the proper error message. So the fast
+//! path never accepts what the full parser would reject: every value it skips is checked
+//! against the JSON grammar.
+
+use super::extjson::parse_value;
+use super::{Document, Str, Value};
+
+/// serde_json's nesting limit; deeper input goes to the full parser (and its error).
+const MAX_DEPTH: usize = 128;
+
+/// Reads the wanted top-level fields of the object in `text` into `doc` (cleared by the
+/// caller). `None`: use the full parser instead.
+pub(super) fn scan_fields_into(text: &str, fields: &[Str], doc: &mut Document) -> Option<()> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return (skip_ws(b, i + 1) == b.len()).then_some(());
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = plain_string_end(b, i + 1)?;
+        let key = &text[i + 1..key_end];
+        i = skip_ws(b, key_end + 1);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(b, i + 1);
+        let end = skip_value(b, start, 0)?;
+        // Length and first byte reject most keys before a full comparison.
+        let first = key.as_bytes().first();
+        if let Some(field) = fields
+            .iter()
+            .find(|f| f.len() == key.len() && f.as_bytes().first() == first && f.as_str() == key)
+        {
+            let raw = &text[start..end];
+            let value = match simple_scalar(raw) {
+                Some(v) => v,
+                None => parse_value(raw).ok()?,
+            };
+            doc.push_json_field(field.clone(), value);
+        }
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return (skip_ws(b, i + 1) == b.len()).then_some(()),
+            _ => return None,
+        }
+    }
+}
+
+/// The common scalars, read directly (without setting up a JSON deserializer): strings
+/// without escapes, `true`/`false`/`null`, integers of up to 18 digits, and plain
+/// decimals. Everything else (`None`) goes through the full parser. `raw` is already
+/// validated by [`skip_value`].
+fn simple_scalar(raw: &str) -> Option<Value> {
+    let b = raw.as_bytes();
+    match b.first()? {
+        b'"' => {
+            let body = &raw[1..raw.len() - 1];
+            (!body.contains('\\')).then(|| Value::String(Str::from(body)))
+        }
+        b't' => Some(Value::Bool(true)),
+        b'f' => Some(Value::Bool(false)),
+        b'n' => Some(Value::Null),
+        _ => {
+            let digits = raw.strip_prefix('-').unwrap_or(raw);
+            if digits.len() > 18 || digits.contains(['e', 'E']) {
+                return None;
+            }
+            if digits.contains('.') {
+                // Rust's float parsing is correctly rounded, as serde_json's
+                // `float_roundtrip` is.
+                raw.parse::<f64>().ok().map(Value::Double)
+            } else if raw == "-0" {
+                None
+            } else {
+                let n: i64 = raw.parse().ok()?;
+                Some(match i32::try_from(n) {
+                    Ok(i) => Value::Int32(i),
+                    Err(_) => Value::Int64(n),
+                })
+            }
+        }
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// End (the closing quote) of a string starting after its opening quote at `i`, when
+/// it has no escapes; `None` for an escape, a control character or no end.
+fn plain_string_end(b: &[u8], i: usize) -> Option<usize> {
+    let end = i + next_special(b.get(i..)?)?;
+    (b[end] == b'"').then_some(end)
+}
+
+/// Offset of the first quote, backslash or control character. A plain loop: strings in
+/// events are short, and a SIMD search measured slower on them.
+fn next_special(s: &[u8]) -> Option<usize> {
+    s.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+}
+
+/// Index just past the JSON value starting at `i`, validating it strictly.
+fn skip_value(b: &[u8], i: usize, depth: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => skip_string(b, i + 1),
+        b'{' => {
+            if depth >= MAX_DEPTH {
+                return None;
+            }
+            let mut j = skip_ws(b, i + 1);
+            if b.get(j) == Some(&b'}') {
+                return Some(j + 1);
+            }
+            loop {
+                if b.get(j) != Some(&b'"') {
+                    return None;
+                }
+                j = skip_ws(b, skip_string(b, j + 1)?);
+                if b.get(j) != Some(&b':') {
+                    return None;
+                }
+                j = skip_ws(b, skip_value(b, skip_ws(b, j + 1), depth + 1)?);
+                match b.get(j)? {
+                    b',' => j = skip_ws(b, j + 1),
+                    b'}' => return Some(j + 1),
+                    _ => return None,
+                }
+            }
+        }
+        b'[' => {
+            if depth >= MAX_DEPTH {
+                return None;
+            }
+            let mut j = skip_ws(b, i + 1);
+            if b.get(j) == Some(&b']') {
+                return Some(j + 1);
+            }
+            loop {
+                j = skip_ws(b, skip_value(b, j, depth + 1)?);
+                match b.get(j)? {
+                    b',' => j = skip_ws(b, j + 1),
+                    b']' => return Some(j + 1),
+                    _ => return None,
+                }
+            }
+        }
+        b't' => literal(b, i, b"true"),
+        b'f' => literal(b, i, b"false"),
+        b'n' => literal(b, i, b"null"),
+        b'-' | b'0'..=b'9' => skip_number(b, i),
+        _ => None,
+    }
+}
+
+fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
+    (b.get(i..i + word.len())? == word).then_some(i + word.len())
+}
+
+/// A string body after its opening quote, with escapes checked.
+fn skip_string(b: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        i += next_special(b.get(i..)?)?;
+        match b[i] {
+            b'"' => return Some(i + 1),
+            b'\\' => match *b.get(i + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                b'u' => {
+                    let hex = b.get(i + 2..i + 6)?;
+                    if !hex.iter().all(u8::is_ascii_hexdigit) {
+                        return None;
+                    }
+                    // Surrogate pairs and lone surrogates: let the full parser judge.
+                    if matches!(hex[0], b'd' | b'D')
+                        && matches!(hex[1], b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
+                    {
+                        return None;
+                    }
+                    i += 6;
+                }
+                _ => return None,
+            },
+            _ => return None, // a control character
+        }
+    }
+}
+
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+fn skip_number(b: &[u8], mut i: usize) -> Option<usize> {
+    let digits = |b: &[u8], i: usize| {
+        b.get(i..)
+            .map_or(0, |s| s.iter().take_while(|c| c.is_ascii_digit()).count())
+    };
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match b.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => i += digits(b, i),
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        let n = digits(b, i + 1);
+        if n == 0 {
+            return None;
+        }
+        i += 1 + n;
+    }
+    if let Some(b'e' | b'E') = b.get(i) {
+        i += 1;
+        if let Some(b'+' | b'-') = b.get(i) {
+            i += 1;
+        }
+        let n = digits(b, i);
+        if n == 0 {
+            return None;
+        }
+        i += n;
+    }
+    // A number must end at a delimiter, not run into a letter (`12x`).
+    match b.get(i) {
+        None | Some(b' ' | b'\t' | b'\n' | b'\r' | b',' | b'}' | b']') => Some(i),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::extjson::parse_document_fields_serde;
+
+    fn both(text: &str, fields: &[Str]) -> (Option<String>, Result<String, ()>) {
+        let mut fast = Document::new();
+        let fast = scan_fields_into(text, fields, &mut fast)
+            .map(|()| fast.to_json_mode(crate::value::ExtJsonMode::Canonical));
+        let mut full = Document::new();
+        let full = parse_document_fields_serde(text, fields, &mut full)
+            .map(|()| full.to_json_mode(crate::value::ExtJsonMode::Canonical))
+            .map_err(|_| ());
+        (fast, full)
+    }
+
+    const LINES: &[&str] = &[
+        r#"{"orderId":"o-1","customerId":"c-7","status":"PAID","orderValue":12.5,"items":[1,{"a":[true,false,null]}],"ts":{"$date":"2026-11-01T10:00:00Z"}}"#,
+        r#" { "a" : -0.5e+3 , "b" : "x\"y\\z\u00e9\n" , "c" : { } , "d" : [ ] } "#,
+        r#"{"a":1,"a":2,"b":{"$numberLong":"7"},"z":"\ud83d\ude00"}"#,
+        r#"{}"#,
+    ];
+
+    #[test]
+    fn agrees_with_the_full_parser_and_never_accepts_more() {
+        let fields = [
+            Str::from("a"),
+            Str::from("b"),
+            Str::from("customerId"),
+            Str::from("ts"),
+        ];
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let alphabet = b"{}[]\":,\\ -+.0123456789eEtrufalsn\x01ab";
+        for line in LINES {
+            let (fast, full) = both(line, &fields);
+            // The fast path handles these (only surrogate escapes go to the full parser).
+            if !line.contains("\\ud8") {
+                assert!(fast.is_some(), "{line}");
+            }
+            if let Some(fast) = fast {
+                assert_eq!(Ok(fast), full, "{line}");
+            }
+            for _ in 0..4000 {
+                let mut bytes = line.as_bytes().to_vec();
+                for _ in 0..1 + next(3) {
+                    let at = next(bytes.len() + 1);
+                    match next(3) {
+                        0 if at < bytes.len() => {
+                            bytes.remove(at);
+                        }
+                        1 => bytes.insert(at, alphabet[next(alphabet.len())]),
+                        _ if at < bytes.len() => bytes[at] = alphabet[next(alphabet.len())],
+                        _ => {}
+                    }
+                }
+                let Ok(text) = String::from_utf8(bytes) else {
+                    continue;
+                };
+                let (fast, full) = both(&text, &fields);
+                if let Some(fast) = fast {
+                    assert_eq!(Ok(fast), full, "fast path disagrees on {text}");
+                }
+            }
+        }
+    }
+}
