@@ -189,7 +189,7 @@ fn cmp_matches(op: CmpOp, e: &Value, rhs: &Value) -> bool {
     // `compare_values` does, without its type dispatch.
     if let (Value::String(a), Value::String(b)) = (e, rhs) {
         return match op {
-            CmpOp::Eq => a.as_bytes() == b.as_bytes(),
+            CmpOp::Eq => crate::value::bytes_eq(a.as_bytes(), b.as_bytes()),
             _ => ordering_matches(op, a.as_bytes().cmp(b.as_bytes())),
         };
     }

@@ -129,6 +129,21 @@ pub struct Regex {
     pub options: String,
 }
 
+/// Byte equality that compares short slices inline: field names and short string
+/// values are compared for every document, and a library `memcmp` call costs more than
+/// the comparison itself at these lengths.
+#[inline]
+pub fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.len() <= 16 {
+        a.iter().zip(b).all(|(x, y)| x == y)
+    } else {
+        a == b
+    }
+}
+
 /// An ordered document: field order is preserved and significant.
 #[derive(Clone, Default)]
 pub struct Document {
@@ -163,7 +178,7 @@ impl Document {
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.fields
             .iter()
-            .find(|(k, _)| k.as_str() == key)
+            .find(|(k, _)| bytes_eq(k.as_bytes(), key.as_bytes()))
             .map(|(_, v)| v)
     }
 

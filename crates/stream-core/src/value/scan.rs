@@ -40,10 +40,9 @@ pub(super) fn scan_fields_into(text: &str, fields: &[Str], doc: &mut Document) -
         let end = skip_value(b, start, 0)?;
         // Length and first byte reject most keys before a full comparison.
         let first = key.as_bytes().first();
-        if let Some(field) = fields
-            .iter()
-            .find(|f| f.len() == key.len() && f.as_bytes().first() == first && f.as_str() == key)
-        {
+        if let Some(field) = fields.iter().find(|f| {
+            f.as_bytes().first() == first && super::bytes_eq(f.as_bytes(), key.as_bytes())
+        }) {
             let raw = &text[start..end];
             let value = match simple_scalar(raw) {
                 Some(v) => v,
