@@ -808,7 +808,7 @@ impl Processing {
                     if self.bounded || run.unbounded_input_problem().is_some() {
                         let mut errors = Vec::new();
                         run.finish(&mut out, &mut errors);
-                        self.handle_stage_errors(errors, None, &mut dead_letters)?;
+                        self.handle_stage_errors(errors, &mut dead_letters)?;
                     } else {
                         self.trigger(&mut run, &mut out, &mut dead_letters)?;
                     }
@@ -957,15 +957,15 @@ impl Processing {
     ) -> Result<(), RunError> {
         let mut errors = Vec::new();
         run.trigger(self.complete, out, &mut errors);
-        self.handle_stage_errors(errors, None, dead_letters)
+        self.handle_stage_errors(errors, dead_letters)
     }
 
     /// Errors from rows emitted at a trigger or at the end of input: no single input
-    /// document is to blame, so they are not retried.
+    /// document is to blame (the dead letter's `document` is null), so they are not
+    /// retried.
     fn handle_stage_errors(
         &mut self,
         errors: Vec<StageError>,
-        original: Option<Document>,
         dead_letters: &mut Vec<Document>,
     ) -> Result<(), RunError> {
         let none = Str::default();
@@ -974,7 +974,7 @@ impl Processing {
                 stage: format!("pipeline[{}] {}", e.stage_index, e.stage),
                 message: e.error.message,
                 attempts: 1,
-                original: original.clone().map(Value::Document).unwrap_or(Value::Null),
+                original: Value::Null,
                 partition: &none,
                 position: &Value::Null,
             };
