@@ -428,6 +428,7 @@ impl PipelineRun {
             env: self.env.clone(),
         };
         let mut tail_errors = Vec::new();
+        let emitted = rows.len() as u64;
         for row in rows {
             tail.push(row, out, &mut tail_errors);
         }
@@ -436,6 +437,15 @@ impl PipelineRun {
             e.stage_index += k + 1;
             e
         }));
+        // The rows and the tail's work count towards this run's stage metrics.
+        self.slots[k].stats.documents_out += emitted;
+        for (slot, done) in self.slots[k + 1..].iter_mut().zip(&tail.slots) {
+            let (s, d) = (&mut slot.stats, done.stats);
+            s.documents_in += d.documents_in;
+            s.documents_out += d.documents_out;
+            s.errors += d.errors;
+            s.nanos += d.nanos;
+        }
     }
 }
 
@@ -525,4 +535,29 @@ fn push_from(
         }
     }
     slot.buf = local;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::parse_document;
+
+    #[test]
+    fn trigger_output_counts_in_stage_stats() {
+        let p = Pipeline::compile_json(
+            r#"[{"$group": {"_id": "$k", "n": {"$count": {}}}}, {"$match": {"n": {"$gte": 2}}}]"#,
+        )
+        .unwrap();
+        let mut run = p.start();
+        let (mut out, mut errors) = (Vec::new(), Vec::new());
+        for k in ["a", "a", "b"] {
+            let doc = parse_document(&format!(r#"{{"k": "{k}"}}"#)).unwrap();
+            run.push(doc, &mut out, &mut errors);
+        }
+        run.trigger(true, &mut out, &mut errors);
+        assert_eq!(out.len(), 1);
+        let stats = run.stage_stats();
+        assert_eq!((stats[0].1.documents_in, stats[0].1.documents_out), (3, 2));
+        assert_eq!((stats[1].1.documents_in, stats[1].1.documents_out), (2, 1));
+    }
 }
