@@ -251,13 +251,13 @@ type AccCompileFn = fn(
 const ACCUMULATORS: &[(&str, AccCompileFn)] = &[
     ("$sum", compile_sum),
     ("$avg", compile_avg),
-    ("$min", compile_min),
-    ("$max", compile_max),
+    ("$min", compile_min_max),
+    ("$max", compile_min_max),
     ("$count", compile_count),
     ("$push", compile_push),
     ("$addToSet", compile_add_to_set),
-    ("$first", compile_first),
-    ("$last", compile_last),
+    ("$first", compile_first_last),
+    ("$last", compile_first_last),
     ("$mergeObjects", compile_merge_objects),
     ("$stdDevPop", compile_std_dev),
     ("$stdDevSamp", compile_std_dev),
@@ -940,36 +940,18 @@ impl Fold for MinMaxFold {
     }
 }
 
-fn compile_min(
+/// `$min` and `$max`: one fold, told which extreme to keep.
+fn compile_min_max(
     name: &'static str,
     arg: &Value,
     path: &str,
     cx: &mut CompileCtx,
 ) -> Result<AccumulatorSpec, CompileError> {
-    Ok(spec(
-        name,
-        Input::Plain(unary(name, arg, path, cx)?),
-        MinMaxFold {
-            max: false,
-            val: None,
-        },
-    ))
-}
-
-fn compile_max(
-    name: &'static str,
-    arg: &Value,
-    path: &str,
-    cx: &mut CompileCtx,
-) -> Result<AccumulatorSpec, CompileError> {
-    Ok(spec(
-        name,
-        Input::Plain(unary(name, arg, path, cx)?),
-        MinMaxFold {
-            max: true,
-            val: None,
-        },
-    ))
+    let fold = MinMaxFold {
+        max: name == "$max",
+        val: None,
+    };
+    Ok(spec(name, Input::Plain(unary(name, arg, path, cx)?), fold))
 }
 
 /// The state of an inline [`GroupAcc`].
@@ -1008,36 +990,18 @@ impl Fold for FirstLastFold {
     }
 }
 
-fn compile_first(
+/// `$first` and `$last`: one fold, told which end to keep.
+fn compile_first_last(
     name: &'static str,
     arg: &Value,
     path: &str,
     cx: &mut CompileCtx,
 ) -> Result<AccumulatorSpec, CompileError> {
-    Ok(spec(
-        name,
-        Input::Plain(unary(name, arg, path, cx)?),
-        FirstLastFold {
-            last: false,
-            val: None,
-        },
-    ))
-}
-
-fn compile_last(
-    name: &'static str,
-    arg: &Value,
-    path: &str,
-    cx: &mut CompileCtx,
-) -> Result<AccumulatorSpec, CompileError> {
-    Ok(spec(
-        name,
-        Input::Plain(unary(name, arg, path, cx)?),
-        FirstLastFold {
-            last: true,
-            val: None,
-        },
-    ))
+    let fold = FirstLastFold {
+        last: name == "$last",
+        val: None,
+    };
+    Ok(spec(name, Input::Plain(unary(name, arg, path, cx)?), fold))
 }
 
 #[derive(Clone, Debug, Default)]

@@ -104,6 +104,15 @@ struct Limit {
     seen: u64,
 }
 
+impl Limit {
+    /// Counts a document; true while fewer than `limit` have passed.
+    fn admit(&mut self) -> bool {
+        let pass = self.seen < self.limit;
+        self.seen += u64::from(pass);
+        pass
+    }
+}
+
 impl Stage for Limit {
     fn name(&self) -> &'static str {
         "$limit"
@@ -114,8 +123,7 @@ impl Stage for Limit {
         _env: &Env,
         out: &mut Vec<Document>,
     ) -> Result<(), EvalError> {
-        if self.seen < self.limit {
-            self.seen += 1;
+        if self.admit() {
             out.push(doc);
         }
         Ok(())
@@ -126,8 +134,7 @@ impl Stage for Limit {
         _env: &Env,
         _out: &mut Vec<Document>,
     ) -> Result<RefOutcome, EvalError> {
-        Ok(if self.seen < self.limit {
-            self.seen += 1;
+        Ok(if self.admit() {
             RefOutcome::PassThrough
         } else {
             RefOutcome::Emitted
@@ -165,6 +172,15 @@ struct Skip {
     seen: u64,
 }
 
+impl Skip {
+    /// Counts a document; true once the first `skip` have been dropped.
+    fn admit(&mut self) -> bool {
+        let drop = self.seen < self.skip;
+        self.seen += u64::from(drop);
+        !drop
+    }
+}
+
 impl Stage for Skip {
     fn name(&self) -> &'static str {
         "$skip"
@@ -175,9 +191,7 @@ impl Stage for Skip {
         _env: &Env,
         out: &mut Vec<Document>,
     ) -> Result<(), EvalError> {
-        if self.seen < self.skip {
-            self.seen += 1;
-        } else {
+        if self.admit() {
             out.push(doc);
         }
         Ok(())
@@ -188,11 +202,10 @@ impl Stage for Skip {
         _env: &Env,
         _out: &mut Vec<Document>,
     ) -> Result<RefOutcome, EvalError> {
-        Ok(if self.seen < self.skip {
-            self.seen += 1;
-            RefOutcome::Emitted
-        } else {
+        Ok(if self.admit() {
             RefOutcome::PassThrough
+        } else {
+            RefOutcome::Emitted
         })
     }
     fn fresh(&self) -> Box<dyn Stage> {
