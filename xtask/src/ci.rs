@@ -1,7 +1,9 @@
 //! `cargo xtask ci`: every check a change must pass, in order, stopping at the first
-//! failure. Needs only the Rust toolchain (with rustfmt and clippy) and crates.io.
+//! failure. Installs the Debian packages the build needs, starts the local services
+//! the tests use (`cargo xtask services up`) and stops them at the end, passing or
+//! failing.
 
-use crate::{cargo, fuzz, run_cmd};
+use crate::{cargo, fuzz, run_cmd, services};
 use anyhow::{Context, Result};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -53,6 +55,8 @@ fn steps() -> Vec<Step> {
 
 /// Runs every step; prints each step and its duration.
 pub fn run() -> Result<()> {
+    services::ensure_debian_packages(services::BUILD_PACKAGES)?;
+    let _services = RunningServices::start()?;
     let steps = steps();
     let total = steps.len();
     let started = Instant::now();
@@ -79,6 +83,25 @@ pub fn run() -> Result<()> {
         eprintln!("    {:>8}  {name}", secs(elapsed));
     }
     Ok(())
+}
+
+/// The services for the tests, stopped when dropped (so also when a step fails).
+struct RunningServices;
+
+impl RunningServices {
+    fn start() -> Result<Self> {
+        let guard = RunningServices;
+        services::up()?;
+        Ok(guard)
+    }
+}
+
+impl Drop for RunningServices {
+    fn drop(&mut self) {
+        if let Err(e) = services::down() {
+            eprintln!("xtask: warning: {e:#}");
+        }
+    }
 }
 
 fn secs(d: Duration) -> String {

@@ -1,18 +1,38 @@
 //! `cargo xtask services up|down|status`: local services for tests that need them.
 //!
 //! Each service is a module implementing [`Service`] and listed in [`all`]. A service
-//! binds to 127.0.0.1 only, records the PID of what it starts under
-//! `target/services/<name>/` and stops exactly that PID (never by process name).
-//! The current test suite needs none; later connectors (Redis, Kafka, ...) add theirs here.
+//! binds to 127.0.0.1 only, on the fixed port below, records the PID of what it
+//! starts under `target/services/<name>/` and stops exactly that PID (never by
+//! process name). `cargo xtask ci` runs `up` before the tests and `down` after them,
+//! passing or failing.
+//!
+//! Tests find a service through an environment variable, falling back to the fixed
+//! address, and fail loudly (never skip) when it does not answer:
+//!
+//! | service | address | variable |
+//! |---|---|---|
+//! | Redis | `redis://127.0.0.1:16379` | `SROTAX_TEST_REDIS_URL` |
+//! | PostgreSQL | `postgres://srotax@127.0.0.1:15432/srotax` | `SROTAX_TEST_POSTGRES_URL` |
+//! | Kafka-protocol broker | `127.0.0.1:19092` | `SROTAX_TEST_KAFKA_BOOTSTRAP` |
+
+mod process;
+mod redis;
+
+pub use process::{running_pid, spawn_daemon, stop_daemon};
 
 use crate::repo_root;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// A local service the tests can use.
 pub trait Service {
     /// Short name, also the name of its state directory.
     fn name(&self) -> &'static str;
+    /// Debian packages it needs installed before `up`.
+    fn debian_packages(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Starts the service (a no-op when it already runs), keeping its files in `dir`.
     fn up(&self, dir: &Path) -> Result<()>;
     /// Stops the service started by [`Service::up`].
@@ -21,9 +41,12 @@ pub trait Service {
     fn status(&self, dir: &Path) -> Result<String>;
 }
 
+/// Debian packages the workspace needs to *build* (C dependencies of -sys crates).
+pub const BUILD_PACKAGES: &[&str] = &[];
+
 /// Every service, in start order.
 fn all() -> Vec<Box<dyn Service>> {
-    Vec::new()
+    vec![Box::new(redis::Redis)]
 }
 
 fn state_dir(service: &dyn Service) -> PathBuf {
@@ -33,42 +56,84 @@ fn state_dir(service: &dyn Service) -> PathBuf {
         .join(service.name())
 }
 
+/// Installs the Debian packages that are not installed yet (`apt-get update` first).
+pub fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !debian_package_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing Debian packages: {}", missing.join(" "));
+    let as_root = |args: &[&str]| -> Command {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut c = Command::new(if root { "apt-get" } else { "sudo" });
+        if !root {
+            c.arg("apt-get");
+        }
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    crate::run_cmd(&mut as_root(&["update", "-qq"]), "apt-get update")?;
+    let mut install = as_root(&["install", "-y", "-qq", "--no-install-recommends"]);
+    install.args(&missing);
+    crate::run_cmd(&mut install, "apt-get install")
+        .with_context(|| format!("installing {}", missing.join(" ")))
+}
+
+fn debian_package_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// Starts every service (installing what it needs first).
+pub fn up() -> Result<()> {
+    for s in &all() {
+        ensure_debian_packages(s.debian_packages())?;
+        let dir = state_dir(s.as_ref());
+        std::fs::create_dir_all(&dir)?;
+        s.up(&dir)
+            .with_context(|| format!("starting service {}", s.name()))?;
+        println!("{}: {}", s.name(), s.status(&dir)?);
+    }
+    Ok(())
+}
+
+/// Stops every service, trying all of them even when one fails.
+pub fn down() -> Result<()> {
+    let mut failed = Vec::new();
+    for s in all().iter().rev() {
+        match s.down(&state_dir(s.as_ref())) {
+            Ok(()) => println!("{}: stopped", s.name()),
+            Err(e) => failed.push(format!("{}: {e:#}", s.name())),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("could not stop: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
 /// `cargo xtask services ...`
 pub fn command(args: &[String]) -> Result<()> {
     let action = match args {
         [a] if matches!(a.as_str(), "up" | "down" | "status") => a.as_str(),
         _ => bail!("usage: cargo xtask services up|down|status"),
     };
-    let services = all();
-    if services.is_empty() {
-        let what = match action {
-            "up" => "nothing to start",
-            "down" => "nothing to stop",
-            _ => "nothing running",
-        };
-        println!("no services are needed by the current test suite; {what}");
-        return Ok(());
-    }
     match action {
-        "up" => {
-            for s in &services {
-                let dir = state_dir(s.as_ref());
-                std::fs::create_dir_all(&dir)?;
-                s.up(&dir)?;
-                println!("{}: {}", s.name(), s.status(&dir)?);
-            }
-        }
-        "down" => {
-            for s in services.iter().rev() {
-                s.down(&state_dir(s.as_ref()))?;
-                println!("{}: stopped", s.name());
-            }
-        }
+        "up" => up(),
+        "down" => down(),
         _ => {
-            for s in &services {
+            for s in &all() {
                 println!("{}: {}", s.name(), s.status(&state_dir(s.as_ref()))?);
             }
+            Ok(())
         }
     }
-    Ok(())
 }
