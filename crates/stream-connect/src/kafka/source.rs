@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata,
 };
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -559,8 +559,17 @@ impl Source for KafkaSource {
             Ok(records)
         })
         .await
-        .map_err(|e| kafka_error("polling task", e))?
-        .map_err(|e| kafka_error("polling", e))?;
+        .map_err(|e| kafka_error("polling task", e))?;
+        let polled = match polled {
+            Ok(records) => records,
+            // A topic that does not exist yet: wait for it (it may be created later).
+            Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+                warn!(pipeline = %self.pipeline_id, subscription = ?self.subscription, "subscribed topic does not exist (yet); waiting");
+                tokio::time::sleep(max_wait.max(Duration::from_millis(500))).await;
+                Vec::new()
+            }
+            Err(e) => return Err(kafka_error("polling", e)),
+        };
         {
             let mut positions = lock(&self.shared.positions);
             for r in &polled {
