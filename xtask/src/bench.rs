@@ -4,10 +4,12 @@
 //!   arguments passed through (e.g. a filter, or `-- --save-baseline main`).
 //! - `streaming`: `srotax run` end to end against a hand-written baseline
 //!   (see `bench_streaming.rs`).
+//! - `kafka`: `srotax run` from a Kafka topic to a Kafka topic against the broker alone
+//!   (see `bench_kafka.rs`; starts the local services).
 //!
-//! Without a name, both run.
+//! Without a name, `engine` and `streaming` run.
 
-use crate::{bench_streaming, cargo, run_cmd};
+use crate::{bench_kafka, bench_streaming, cargo, run_cmd};
 use anyhow::Result;
 
 /// Runs the selected benchmarks.
@@ -15,6 +17,7 @@ pub fn run(args: &[String]) -> Result<()> {
     match args.split_first() {
         Some((first, rest)) if first == "engine" => engine(rest),
         Some((first, _)) if first == "streaming" => bench_streaming::run(),
+        Some((first, _)) if first == "kafka" => bench_kafka::run(),
         _ => {
             engine(args)?;
             bench_streaming::run()

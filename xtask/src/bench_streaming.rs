@@ -125,7 +125,7 @@ fn run_baseline(program: &Path, args: &[&str]) -> Result<Duration> {
 
 /// Runs a child to completion; returns its wall time, success, and peak RSS in KiB
 /// (from `wait4`, so it is this child's own figure).
-fn timed_child(program: &Path, args: &[&str]) -> Result<(Duration, bool, i64)> {
+pub(crate) fn timed_child(program: &Path, args: &[&str]) -> Result<(Duration, bool, i64)> {
     let started = Instant::now();
     let child = Command::new(program)
         .args(args)

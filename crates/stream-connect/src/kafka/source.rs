@@ -15,6 +15,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 use stream_core::streaming::{
@@ -26,6 +27,9 @@ use tracing::{info, warn};
 
 /// Timeout of the blocking metadata, offset and commit requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a fetch waits for the group's first assignment before returning empty.
+const FIRST_ASSIGNMENT_WAIT: Duration = Duration::from_secs(10);
 
 /// Where a partition without a checkpoint position or committed offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +199,8 @@ struct Shared {
     high_watermarks: Mutex<HashMap<TopicPartition, i64>>,
     /// Partitions currently assigned to this consumer.
     assigned: Mutex<BTreeSet<TopicPartition>>,
+    /// Whether the group assigned partitions at least once.
+    ever_assigned: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -241,6 +247,7 @@ impl ConsumerContext for SourceContext {
                 if let Err(e) = consumer.assign(tpl) {
                     warn!(pipeline = %self.pipeline_id, error = %e, "assigning kafka partitions failed");
                 }
+                self.shared.ever_assigned.store(true, Ordering::Relaxed);
                 let mut assigned = lock(&self.shared.assigned);
                 for e in tpl.elements() {
                     assigned.insert((e.topic().to_string(), e.partition()));
@@ -535,13 +542,23 @@ impl Source for KafkaSource {
             .max(1);
         let consumer = self.consumer.clone();
         let metadata = self.metadata;
+        let shared = self.shared.clone();
         let polled = tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + max_wait;
+            let started = Instant::now();
             let mut records = Vec::new();
             while records.len() < limit {
+                // Until the group assigned partitions, "nothing to read" would be wrong
+                // (an `availableNow` run would end at once): wait longer.
+                let deadline = if shared.ever_assigned.load(Ordering::Relaxed) {
+                    started + max_wait
+                } else {
+                    started + max_wait.max(FIRST_ASSIGNMENT_WAIT)
+                };
                 // Wait for the first record only; then take what is already fetched.
                 let wait = if records.is_empty() {
-                    deadline.saturating_duration_since(Instant::now())
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(100).max(max_wait))
                 } else {
                     Duration::ZERO
                 };
@@ -552,7 +569,7 @@ impl Source for KafkaSource {
                         warn!(error = %e, "kafka consumer error");
                         break;
                     }
-                    None if records.is_empty() && !wait.is_zero() => {}
+                    None if records.is_empty() && Instant::now() < deadline => {}
                     None => break,
                 }
             }
