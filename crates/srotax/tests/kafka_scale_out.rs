@@ -114,7 +114,11 @@ fn three_processes_share_a_topic_and_take_over_a_stopped_ones_partitions() {
         let admin: AdminClient<DefaultClientContext> = client(&bootstrap).create().unwrap();
         for r in admin
             .create_topics(
-                &[NewTopic::new(&input, PARTITIONS, TopicReplication::Fixed(1))],
+                &[NewTopic::new(
+                    &input,
+                    PARTITIONS,
+                    TopicReplication::Fixed(1),
+                )],
                 &AdminOptions::new(),
             )
             .await
@@ -166,12 +170,8 @@ fn three_processes_share_a_topic_and_take_over_a_stopped_ones_partitions() {
                     let id = round * PER_ROUND + j;
                     let value = format!(r#"{{"id": {id}}}"#);
                     let key = format!("k{}", id % 97);
-                    p.send_result(
-                        FutureRecord::to(&producer_topic)
-                            .key(&key)
-                            .payload(&value),
-                    )
-                    .unwrap();
+                    p.send_result(FutureRecord::to(&producer_topic).key(&key).payload(&value))
+                        .unwrap();
                 }
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
@@ -191,6 +191,12 @@ fn three_processes_share_a_topic_and_take_over_a_stopped_ones_partitions() {
             Instant::now() < deadline,
             "the three processes did not share the partitions: {sizes:?}"
         );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Let the three work together for a while, then stop one mid-stream.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed_total(&bootstrap, &group, &input) < 3000 {
+        assert!(Instant::now() < deadline, "no progress");
         std::thread::sleep(Duration::from_millis(100));
     }
     let before = committed_total(&bootstrap, &group, &input);
@@ -242,7 +248,12 @@ fn three_processes_share_a_topic_and_take_over_a_stopped_ones_partitions() {
         }
     }
     let missing: Vec<i64> = (0..total).filter(|id| !seen.contains_key(id)).collect();
-    assert!(missing.is_empty(), "lost {} orders: {:?}", missing.len(), &missing[..missing.len().min(20)]);
+    assert!(
+        missing.is_empty(),
+        "lost {} orders: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
     assert_eq!(partitions.len(), PARTITIONS as usize);
     let replayed: usize = seen.values().map(|n| n - 1).sum();
     eprintln!(

@@ -22,7 +22,7 @@ use stream_core::streaming::{
     ConnectorConfig, ConnectorError, DefinitionError, Payload, Record, Source, SourceBatch,
     SourcePositions,
 };
-use stream_core::value::{Document, Str, Value};
+use stream_core::value::{Document, Value};
 use tracing::{info, warn};
 
 /// Timeout of the blocking metadata, offset and commit requests.
@@ -355,6 +355,7 @@ pub struct KafkaSource {
     pipeline_id: String,
     last_lag: Option<Instant>,
     lag: Option<u64>,
+    names: PartitionNames,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -389,6 +390,7 @@ impl KafkaSource {
             pipeline_id: pipeline_id.to_string(),
             last_lag: None,
             lag: None,
+            names: PartitionNames::default(),
         })
     }
 
@@ -466,11 +468,36 @@ impl KafkaSource {
     }
 }
 
+/// The shared name of each partition (`topic:partition`), made once.
+#[derive(Default)]
+struct PartitionNames(HashMap<TopicPartition, Arc<str>>);
+
+impl PartitionNames {
+    fn get(&self, (topic, partition): &(&str, i32)) -> Option<&Arc<str>> {
+        // Few partitions: a scan avoids allocating a key per lookup.
+        self.0
+            .iter()
+            .find(|((t, p), _)| p == partition && t == topic)
+            .map(|(_, name)| name)
+    }
+
+    fn insert(&mut self, key: TopicPartition, name: Arc<str>) {
+        self.0.insert(key, name);
+    }
+}
+
 /// Turns a message into a record: the value's JSON text, with `_stream_meta.source`
 /// spliced in front of its first field when `metadata` is on.
-fn to_record(m: &BorrowedMessage<'_>, metadata: bool) -> Record {
+fn to_record(m: &BorrowedMessage<'_>, metadata: bool, names: &mut PartitionNames) -> Record {
     let offset = m.offset();
-    let partition = partition_name(m.topic(), m.partition());
+    let partition = match names.get(&(m.topic(), m.partition())) {
+        Some(name) => name.clone(),
+        None => {
+            let name: Arc<str> = partition_name(m.topic(), m.partition()).into();
+            names.insert((m.topic().to_string(), m.partition()), name.clone());
+            name
+        }
+    };
     let event_time = m.timestamp().to_millis();
     let value = m.payload().map(String::from_utf8_lossy).unwrap_or_default();
     let text = if metadata {
@@ -480,7 +507,7 @@ fn to_record(m: &BorrowedMessage<'_>, metadata: bool) -> Record {
     };
     Record {
         payload: Payload::Json(text),
-        partition: Str::from(partition),
+        partition,
         position: Value::Int64(offset + 1),
         event_time,
     }
@@ -543,6 +570,7 @@ impl Source for KafkaSource {
         let consumer = self.consumer.clone();
         let metadata = self.metadata;
         let shared = self.shared.clone();
+        let mut names = std::mem::take(&mut self.names);
         let polled = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let mut records = Vec::new();
@@ -563,8 +591,8 @@ impl Source for KafkaSource {
                     Duration::ZERO
                 };
                 match consumer.poll(wait) {
-                    Some(Ok(m)) => records.push(to_record(&m, metadata)),
-                    Some(Err(e)) if records.is_empty() => return Err(e),
+                    Some(Ok(m)) => records.push(to_record(&m, metadata, &mut names)),
+                    Some(Err(e)) if records.is_empty() => return (Err(e), names),
                     Some(Err(e)) => {
                         warn!(error = %e, "kafka consumer error");
                         break;
@@ -573,10 +601,12 @@ impl Source for KafkaSource {
                     None => break,
                 }
             }
-            Ok(records)
+            (Ok(records), names)
         })
         .await
         .map_err(|e| kafka_error("polling task", e))?;
+        let (polled, names) = polled;
+        self.names = names;
         let polled = match polled {
             Ok(records) => records,
             // A topic that does not exist yet: wait for it (it may be created later).
