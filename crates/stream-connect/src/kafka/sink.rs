@@ -188,14 +188,15 @@ impl KafkaSink {
         })
     }
 
+    /// The producer, created on first use (transactional once [`Sink::begin`] ran).
     fn producer(&mut self) -> Result<&FutureProducer, ConnectorError> {
-        if self.producer.is_none() {
-            let producer = self.options.client.create().map_err(|e| {
+        let producer = match self.producer.take() {
+            Some(p) => p,
+            None => self.options.client.create().map_err(|e| {
                 ConnectorError::permanent(NAME, format!("creating the producer: {e}"))
-            })?;
-            self.producer = Some(producer);
-        }
-        Ok(self.producer.as_ref().expect("created above"))
+            })?,
+        };
+        Ok(self.producer.insert(producer))
     }
 
     fn render(&self, doc: &Document) -> Result<Outgoing, ConnectorError> {

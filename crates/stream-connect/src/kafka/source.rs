@@ -546,7 +546,11 @@ fn with_metadata(value: &str, m: &BorrowedMessage<'_>, event_time: Option<i64>) 
     source.insert("headers", Value::Document(headers));
     let mut meta = Document::new();
     meta.insert("source", Value::Document(source));
-    let meta = Value::Document(meta).to_json();
+    splice_meta(rest, &Value::Document(meta).to_json())
+}
+
+/// `{"_stream_meta": META, ...rest}` from the text after an object's opening brace.
+fn splice_meta(rest: &str, meta: &str) -> String {
     let separator = if rest.trim_start().starts_with('}') {
         ""
     } else {
@@ -704,5 +708,23 @@ impl Source for KafkaSource {
 
     fn lag(&self) -> Option<u64> {
         self.lag
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::splice_meta;
+    use stream_core::value::parse_document;
+
+    #[test]
+    fn metadata_is_spliced_into_any_object() {
+        for (rest, expected) in [
+            (r#""a": 1}"#, r#"{"_stream_meta":{"x":1},"a":1}"#),
+            ("}", r#"{"_stream_meta":{"x":1}}"#),
+            (" \n }", r#"{"_stream_meta":{"x":1}}"#),
+        ] {
+            let text = splice_meta(rest, r#"{"x":1}"#);
+            assert_eq!(parse_document(&text).unwrap().to_json(), expected, "{text}");
+        }
     }
 }
