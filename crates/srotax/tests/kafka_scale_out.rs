@@ -72,8 +72,8 @@ fn last_assignment(log: &str) -> BTreeSet<String> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let Some(line) = text
         .lines()
-        .filter(|l| l.contains("kafka partitions assigned"))
-        .last()
+        .rev()
+        .find(|l| l.contains("kafka partitions assigned"))
     else {
         return BTreeSet::new();
     };

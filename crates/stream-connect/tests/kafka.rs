@@ -83,12 +83,11 @@ async fn produce(p: &FutureProducer, topic: &str, partition: i32, key: &str, val
     .unwrap();
 }
 
+/// A message read back: payload, key, headers.
+type ReadBack = (String, Option<String>, Vec<(String, String)>);
+
 /// Every message of `topic` (all partitions, from the start), read_committed.
-fn read_all(
-    bootstrap: &str,
-    topic: &str,
-    expected: usize,
-) -> Vec<(String, Option<String>, Vec<(String, String)>)> {
+fn read_all(bootstrap: &str, topic: &str, expected: usize) -> Vec<ReadBack> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
