@@ -31,13 +31,22 @@ struct Broker {
 
 impl Broker {
     fn start() -> Broker {
-        let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../target/services/kafka/venv/bin/noida-db");
-        assert!(
-            bin.exists(),
-            "{} is missing: run `cargo xtask services up` (it installs the noida-db broker)",
-            bin.display()
-        );
+        // The broker binary itself (killing the venv's Python launcher would leave it
+        // running).
+        let lib =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/services/kafka/venv/lib");
+        let bin = std::fs::read_dir(&lib)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("site-packages/noida_db/noida-db"))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no noida-db broker under {}: run `cargo xtask services up` (it installs it)",
+                    lib.display()
+                )
+            });
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

@@ -6,7 +6,7 @@
 
 use super::{running_pid, spawn_daemon, stop_daemon, Service};
 use anyhow::{Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -19,11 +19,12 @@ const NOIDA_DB: &str = "noida-db==0.2.3";
 /// The Kafka-protocol broker service.
 pub struct Kafka;
 
-/// Installs noida-db into `dir/venv` (once) and returns the path of its binary.
-fn install(dir: &Path) -> Result<std::path::PathBuf> {
+/// Installs noida-db into `dir/venv` (once) and returns the path of its broker binary.
+/// The binary is run directly, not through the `venv/bin/noida-db` Python launcher,
+/// which would start it as a child: the recorded PID must be the broker's own.
+fn install(dir: &Path) -> Result<PathBuf> {
     let venv = dir.join("venv");
-    let bin = venv.join("bin").join("noida-db");
-    if bin.exists() {
+    if let Some(bin) = broker_binary(&venv) {
         return Ok(bin);
     }
     crate::run_cmd(
@@ -35,7 +36,21 @@ fn install(dir: &Path) -> Result<std::path::PathBuf> {
         Command::new(venv.join("bin").join("pip")).args(["install", "-q", NOIDA_DB]),
         "pip install noida-db",
     )?;
-    Ok(bin)
+    broker_binary(&venv).with_context(|| {
+        format!(
+            "{NOIDA_DB} installed, but no noida_db/noida-db binary under {}",
+            venv.display()
+        )
+    })
+}
+
+/// `venv/lib/python3.X/site-packages/noida_db/noida-db`, if installed.
+fn broker_binary(venv: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(venv.join("lib"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("site-packages/noida_db/noida-db"))
+        .find(|p| p.is_file())
 }
 
 impl Service for Kafka {

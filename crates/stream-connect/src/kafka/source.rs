@@ -15,7 +15,6 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 use stream_core::streaming::{
@@ -30,6 +29,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a fetch waits for the group's first assignment before returning empty.
 const FIRST_ASSIGNMENT_WAIT: Duration = Duration::from_secs(10);
+
+/// After the first assignment, how long a fetch waits for the first records (offset
+/// lookups and the first fetch) before returning empty.
+const FIRST_FETCH_GRACE: Duration = Duration::from_secs(2);
 
 /// Where a partition without a checkpoint position or committed offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,8 +202,8 @@ struct Shared {
     high_watermarks: Mutex<HashMap<TopicPartition, i64>>,
     /// Partitions currently assigned to this consumer.
     assigned: Mutex<BTreeSet<TopicPartition>>,
-    /// Whether the group assigned partitions at least once.
-    ever_assigned: AtomicBool,
+    /// When the group first assigned partitions to this consumer.
+    assigned_at: Mutex<Option<Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -247,7 +250,7 @@ impl ConsumerContext for SourceContext {
                 if let Err(e) = consumer.assign(tpl) {
                     warn!(pipeline = %self.pipeline_id, error = %e, "assigning kafka partitions failed");
                 }
-                self.shared.ever_assigned.store(true, Ordering::Relaxed);
+                lock(&self.shared.assigned_at).get_or_insert_with(Instant::now);
                 let mut assigned = lock(&self.shared.assigned);
                 for e in tpl.elements() {
                     assigned.insert((e.topic().to_string(), e.partition()));
@@ -579,12 +582,12 @@ impl Source for KafkaSource {
             let started = Instant::now();
             let mut records = Vec::new();
             while records.len() < limit {
-                // Until the group assigned partitions, "nothing to read" would be wrong
-                // (an `availableNow` run would end at once): wait longer.
-                let deadline = if shared.ever_assigned.load(Ordering::Relaxed) {
-                    started + max_wait
-                } else {
-                    started + max_wait.max(FIRST_ASSIGNMENT_WAIT)
+                // Before the group's first assignment and its first fetch, "nothing to
+                // read" would be wrong (an `availableNow` run would end at once).
+                let assigned_at = *lock(&shared.assigned_at);
+                let deadline = match assigned_at {
+                    Some(at) => (started + max_wait).max(at + FIRST_FETCH_GRACE),
+                    None => started + max_wait.max(FIRST_ASSIGNMENT_WAIT),
                 };
                 // Wait for the first record only; then take what is already fetched.
                 let wait = if records.is_empty() {
