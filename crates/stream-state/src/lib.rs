@@ -73,11 +73,21 @@
 #[cfg(feature = "file")]
 pub mod file;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(any(feature = "redis", feature = "sql"))]
+mod retry;
+#[cfg(feature = "sql")]
+pub mod sql;
 
 #[cfg(feature = "file")]
 pub use file::{FileStateStore, FileStateStoreOptions, FileStateStoreProvider, FileStoreError};
+#[cfg(feature = "redis")]
+pub use redis::{RedisStateStore, RedisStateStoreOptions, RedisStateStoreProvider};
+#[cfg(feature = "sql")]
+pub use sql::{SqlStateStore, SqlStateStoreOptions, SqlStateStoreProvider};
 
-use stream_core::streaming::StreamingPipelineOrchestrator;
+use stream_core::streaming::{ConnectorConfig, DefinitionError, StreamingPipelineOrchestrator};
 
 /// Registers every backend compiled into this crate with `orchestrator` (the `memory`
 /// store is registered by the orchestrator itself). Call it once per orchestrator: the
@@ -85,6 +95,33 @@ use stream_core::streaming::StreamingPipelineOrchestrator;
 pub fn register_builtin(orchestrator: &mut StreamingPipelineOrchestrator) {
     #[cfg(feature = "file")]
     orchestrator.register_state_store(std::sync::Arc::new(file::FileStateStoreProvider::new()));
-    #[cfg(not(feature = "file"))]
+    #[cfg(feature = "redis")]
+    orchestrator.register_state_store(std::sync::Arc::new(redis::RedisStateStoreProvider));
+    #[cfg(feature = "postgres")]
+    orchestrator.register_state_store(std::sync::Arc::new(SqlStateStoreProvider::postgres()));
+    #[cfg(feature = "sqlite")]
+    orchestrator.register_state_store(std::sync::Arc::new(SqlStateStoreProvider::sqlite()));
     let _ = orchestrator;
+}
+
+/// Rejects options a backend does not know (a typo must not silently fall back to a
+/// default), naming the option and the known ones.
+#[allow(dead_code)] // unused when no backend with options is enabled
+fn check_options(
+    config: &ConnectorConfig,
+    store_type: &str,
+    known: &[&str],
+) -> Result<(), DefinitionError> {
+    for (key, _) in config.options.iter() {
+        if !known.contains(&&**key) {
+            return Err(config.option_error(
+                key,
+                format!(
+                    "unknown option of the {store_type} state store (known: {})",
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

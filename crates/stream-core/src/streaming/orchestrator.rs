@@ -207,7 +207,7 @@ impl StreamingPipelineOrchestrator {
                     ),
                 )
             })?
-            .create(&def.state)?;
+            .create(&def.state, &def.pipeline_id)?;
         if def.source.time_field.is_some() || def.source.watermark.is_some() {
             let key = if def.source.time_field.is_some() {
                 "timeField"
