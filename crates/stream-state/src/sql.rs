@@ -292,7 +292,7 @@ impl SqlStateStore {
         match self.options.flavor {
             // Serialises concurrent first uses (CREATE IF NOT EXISTS can race).
             SqlFlavor::Postgres => {
-                sqlx::query("SELECT pg_advisory_xact_lock(7365726f74617831)")
+                sqlx::query("SELECT pg_advisory_xact_lock(5372746178)")
                     .execute(&mut *tx)
                     .await?;
             }

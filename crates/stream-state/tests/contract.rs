@@ -8,7 +8,7 @@ mod common;
 
 use common::{checkpoint, child_args, open, spawn_child, wait_ok, Backend, Fixture};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use stream_core::streaming::StateError;
 
 fn entries(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
