@@ -94,7 +94,9 @@ impl fmt::Debug for RedisStateStore {
 /// The URL without a password, for logs and errors.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
         _ => url.to_string(),
     }
 }
@@ -196,15 +198,13 @@ impl RedisStateStore {
             .arg(&full)
             .ignore();
     }
-
 }
 
 #[async_trait::async_trait]
 impl StateStore for RedisStateStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         let cmd = redis::Cmd::get(self.entry_key(key));
-        self.run(&format!("GET {key}"), Query::Cmd(&cmd))
-            .await
+        self.run(&format!("GET {key}"), Query::Cmd(&cmd)).await
     }
 
     async fn put(
@@ -216,8 +216,7 @@ impl StateStore for RedisStateStore {
         let mut pipe = redis::pipe();
         pipe.atomic();
         self.add_put(&mut pipe, key, &value, self.ttl(ttl));
-        self.run(&format!("SET {key}"), Query::Pipe(&pipe))
-            .await
+        self.run(&format!("SET {key}"), Query::Pipe(&pipe)).await
     }
 
     async fn put_batch(
@@ -235,8 +234,7 @@ impl StateStore for RedisStateStore {
             self.add_put(&mut pipe, key, value, ttl);
         }
         let what = format!("writing {} entries", entries.len());
-        self.run(&what, Query::Pipe(&pipe))
-            .await
+        self.run(&what, Query::Pipe(&pipe)).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StateError> {
@@ -250,8 +248,7 @@ impl StateStore for RedisStateStore {
             .arg(&self.index_key)
             .arg(&full)
             .ignore();
-        self.run(&format!("DEL {key}"), Query::Pipe(&pipe))
-            .await
+        self.run(&format!("DEL {key}"), Query::Pipe(&pipe)).await
     }
 
     async fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
@@ -263,10 +260,7 @@ impl StateStore for RedisStateStore {
         let mut cmd = redis::cmd("ZRANGEBYLEX");
         cmd.arg(&self.index_key).arg(start).arg(end);
         let keys: Vec<String> = self
-            .run(
-                &format!("scanning prefix {prefix}"),
-                Query::Cmd(&cmd),
-            )
+            .run(&format!("scanning prefix {prefix}"), Query::Cmd(&cmd))
             .await?;
         let mut out = Vec::with_capacity(keys.len());
         let mut expired = Vec::new();
@@ -274,10 +268,7 @@ impl StateStore for RedisStateStore {
             let mut mget = redis::cmd("MGET");
             mget.arg(chunk);
             let values: Vec<Option<Vec<u8>>> = self
-                .run(
-                    &format!("reading prefix {prefix}"),
-                    Query::Cmd(&mget),
-                )
+                .run(&format!("reading prefix {prefix}"), Query::Cmd(&mget))
                 .await?;
             for (full, value) in chunk.iter().zip(values) {
                 match value {
@@ -289,11 +280,8 @@ impl StateStore for RedisStateStore {
         if !expired.is_empty() {
             let mut zrem = redis::cmd("ZREM");
             zrem.arg(&self.index_key).arg(&expired);
-            self.run::<()>(
-                "dropping expired keys from the index",
-                Query::Cmd(&zrem),
-            )
-            .await?;
+            self.run::<()>("dropping expired keys from the index", Query::Cmd(&zrem))
+                .await?;
         }
         Ok(out)
     }
@@ -312,11 +300,8 @@ impl StateStore for RedisStateStore {
             .arg(checkpoint.sequence)
             .arg(checkpoint.sequence)
             .ignore();
-        self.run(
-            &format!("saving checkpoint {key}"),
-            Query::Pipe(&pipe),
-        )
-        .await
+        self.run(&format!("saving checkpoint {key}"), Query::Pipe(&pipe))
+            .await
     }
 
     async fn load_checkpoint(&self, pipeline_id: &str) -> Result<Option<Checkpoint>, StateError> {
@@ -349,10 +334,7 @@ impl StateStore for RedisStateStore {
         let key = self.checkpoint_key(pipeline_id, sequence);
         let cmd = redis::Cmd::get(&key);
         let bytes: Option<Vec<u8>> = self
-            .run(
-                &format!("reading checkpoint {key}"),
-                Query::Cmd(&cmd),
-            )
+            .run(&format!("reading checkpoint {key}"), Query::Cmd(&cmd))
             .await?;
         bytes
             .map(|b| Checkpoint::decode(&b, &format!("Redis key {key}")))
@@ -369,11 +351,7 @@ impl StateStore for RedisStateStore {
         .await
     }
 
-    async fn prune_checkpoints(
-        &self,
-        pipeline_id: &str,
-        keep: usize,
-    ) -> Result<usize, StateError> {
+    async fn prune_checkpoints(&self, pipeline_id: &str, keep: usize) -> Result<usize, StateError> {
         let all = self.list_checkpoints(pipeline_id).await?;
         let doomed = checkpoints_to_prune(&all, keep);
         if doomed.is_empty() {
@@ -470,8 +448,8 @@ mod tests {
 
     #[test]
     fn keys_share_the_pipeline_hash_tag() {
-        let store = RedisStateStore::new(RedisStateStoreOptions::new("redis://h"), "orders")
-            .unwrap();
+        let store =
+            RedisStateStore::new(RedisStateStoreOptions::new("redis://h"), "orders").unwrap();
         assert_eq!(store.entry_key("c:1"), "srotax:{orders}:kv:c:1");
         assert_eq!(store.index_key, "srotax:{orders}:kv-index");
         assert_eq!(

@@ -223,9 +223,7 @@ fn transient(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             code.starts_with("08")
                 || code.starts_with("57P")
-                || code
-                    .parse::<u32>()
-                    .is_ok_and(|c| matches!(c & 0xFF, 5 | 6))
+                || code.parse::<u32>().is_ok_and(|c| matches!(c & 0xFF, 5 | 6))
         }),
         _ => false,
     }
@@ -261,7 +259,11 @@ impl SqlStateStore {
     }
 
     fn describe(&self) -> String {
-        format!("{} at {}", self.options.flavor.name(), redact(&self.options.url))
+        format!(
+            "{} at {}",
+            self.options.flavor.name(),
+            redact(&self.options.url)
+        )
     }
 
     /// The connection pool, connecting and creating the schema the first time.
@@ -352,9 +354,8 @@ impl SqlStateStore {
     }
 
     fn expiry(&self, ttl: Option<Duration>, now: i64) -> Option<i64> {
-        ttl.or(self.options.default_ttl).map(|t| {
-            now.saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
-        })
+        ttl.or(self.options.default_ttl)
+            .map(|t| now.saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX)))
     }
 
     /// Deletes expired entries of every pipeline now; returns how many.
@@ -434,22 +435,25 @@ impl StateStore for SqlStateStore {
         }
         let expires_at = self.expiry(ttl, now_ms());
         let rows = &rows;
-        self.run(&format!("writing {} entries", rows.len()), |pool| async move {
-            let mut tx = pool.begin().await?;
-            for chunk in rows.chunks(BATCH_ROWS) {
-                let sql = self.sql.upsert(chunk.len());
-                let mut q = sqlx::query(&sql);
-                for (key, value) in chunk {
-                    q = q
-                        .bind(&self.pipeline_id)
-                        .bind(*key)
-                        .bind(*value)
-                        .bind(expires_at);
+        self.run(
+            &format!("writing {} entries", rows.len()),
+            |pool| async move {
+                let mut tx = pool.begin().await?;
+                for chunk in rows.chunks(BATCH_ROWS) {
+                    let sql = self.sql.upsert(chunk.len());
+                    let mut q = sqlx::query(&sql);
+                    for (key, value) in chunk {
+                        q = q
+                            .bind(&self.pipeline_id)
+                            .bind(*key)
+                            .bind(*value)
+                            .bind(expires_at);
+                    }
+                    q.execute(&mut *tx).await?;
                 }
-                q.execute(&mut *tx).await?;
-            }
-            tx.commit().await
-        })
+                tx.commit().await
+            },
+        )
         .await
     }
 
@@ -579,11 +583,7 @@ impl StateStore for SqlStateStore {
             .collect()
     }
 
-    async fn prune_checkpoints(
-        &self,
-        pipeline_id: &str,
-        keep: usize,
-    ) -> Result<usize, StateError> {
+    async fn prune_checkpoints(&self, pipeline_id: &str, keep: usize) -> Result<usize, StateError> {
         let all = self.list_checkpoints(pipeline_id).await?;
         let doomed = checkpoints_to_prune(&all, keep);
         if doomed.is_empty() {
@@ -675,7 +675,11 @@ impl StateStoreProvider for SqlStateStoreProvider {
             SqlFlavor::Sqlite => &SQLITE_OPTIONS,
         };
         crate::check_options(config, flavor.name(), known)?;
-        let url = match (flavor, config.str_option("url")?, config.str_option("path")?) {
+        let url = match (
+            flavor,
+            config.str_option("url")?,
+            config.str_option("path")?,
+        ) {
             (SqlFlavor::Sqlite, Some(_), Some(_)) => {
                 return Err(config.option_error("path", "give either url or path, not both"))
             }
@@ -689,7 +693,9 @@ impl StateStoreProvider for SqlStateStoreProvider {
             _ => config.required_str("url")?.to_string(),
         };
         let scheme_ok = match flavor {
-            SqlFlavor::Postgres => url.starts_with("postgres://") || url.starts_with("postgresql://"),
+            SqlFlavor::Postgres => {
+                url.starts_with("postgres://") || url.starts_with("postgresql://")
+            }
             SqlFlavor::Sqlite => url.starts_with("sqlite:"),
         };
         if !scheme_ok {

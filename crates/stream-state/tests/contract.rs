@@ -38,7 +38,11 @@ async fn keyed_entries(f: &Fixture) {
     s.put_batch(&batch, None).await.unwrap();
     assert_eq!(
         s.scan("customer:").await.unwrap(),
-        entries(&[("customer:1", "b"), ("customer:10", "d"), ("customer:2", "c2")]),
+        entries(&[
+            ("customer:1", "b"),
+            ("customer:10", "d"),
+            ("customer:2", "c2")
+        ]),
         "sorted by key, only the prefix"
     );
     assert_eq!(
@@ -65,18 +69,21 @@ async fn keyed_entries(f: &Fixture) {
 /// Entries with a TTL vanish from get and scan; others stay.
 async fn ttl_expiry(f: &Fixture) {
     let s = &f.store;
-    s.put("t:short", b"x".to_vec(), Some(Duration::from_millis(100)))
-        .await
-        .unwrap();
-    s.put_batch(&entries(&[("t:batch", "y")]), Some(Duration::from_millis(100)))
-        .await
-        .unwrap();
+    // Long enough that a loaded machine still reads them back before they expire.
+    let ttl = Duration::from_secs(2);
+    s.put("t:short", b"x".to_vec(), Some(ttl)).await.unwrap();
+    s.put_batch(
+        &entries(&[("t:batch", "y")]),
+        Some(Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
     s.put("t:long", b"z".to_vec(), Some(Duration::from_secs(3600)))
         .await
         .unwrap();
     s.put("t:none", b"w".to_vec(), None).await.unwrap();
     assert_eq!(s.scan("t:").await.unwrap().len(), 4);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
     assert_eq!(s.get("t:short").await.unwrap(), None);
     assert_eq!(s.get("t:batch").await.unwrap(), None);
     assert_eq!(
@@ -112,7 +119,11 @@ async fn checkpoints(f: &Fixture) {
     assert_eq!(s.prune_checkpoints(p, 2).await.unwrap(), 3);
     assert_eq!(s.list_checkpoints(p).await.unwrap(), vec![4, 5]);
     assert_eq!(s.load_checkpoint_at(p, 2).await.unwrap(), None);
-    assert_eq!(s.prune_checkpoints(p, 0).await.unwrap(), 1, "keeps the latest");
+    assert_eq!(
+        s.prune_checkpoints(p, 0).await.unwrap(),
+        1,
+        "keeps the latest"
+    );
     assert_eq!(s.list_checkpoints(p).await.unwrap(), vec![5]);
     s.save_checkpoint(&checkpoint(p, 6, 10)).await.unwrap();
 
@@ -168,7 +179,10 @@ async fn kill_9_while_saving_checkpoints(f: &mut Fixture) {
         let before = f.store.list_checkpoints(&f.pipeline).await.unwrap().len();
         // Release the file store's directory lock for the child.
         f.store = std::sync::Arc::new(stream_state::memory::MemoryStateStore::new());
-        let mut child = spawn_child("child", &["saver", f.backend.name(), &location, &f.pipeline]);
+        let mut child = spawn_child(
+            "child",
+            &["saver", f.backend.name(), &location, &f.pipeline],
+        );
         // The child prints a line per saved checkpoint: kill it a few saves in, while
         // it is writing the next one.
         let stdout = child.stdout.take().unwrap();
@@ -349,7 +363,13 @@ mod file_backend {
         let f = Fixture::new(BACKEND);
         let child = spawn_child(
             "child",
-            &["writer", "file", &f.location.display().to_string(), "p", "a"],
+            &[
+                "writer",
+                "file",
+                &f.location.display().to_string(),
+                "p",
+                "a",
+            ],
         );
         let out = child.wait_with_output().unwrap();
         assert!(!out.status.success());
@@ -423,11 +443,19 @@ mod sql {
         }
         let child = spawn_child(
             "child",
-            &["sql-abort", backend.name(), &f.location.display().to_string(), &f.pipeline],
+            &[
+                "sql-abort",
+                backend.name(),
+                &f.location.display().to_string(),
+                &f.pipeline,
+            ],
         );
         let out = child.wait_with_output().unwrap();
         assert!(!out.status.success(), "the child must die mid-transaction");
-        assert_eq!(f.store.list_checkpoints(&f.pipeline).await.unwrap(), vec![1, 2]);
+        assert_eq!(
+            f.store.list_checkpoints(&f.pipeline).await.unwrap(),
+            vec![1, 2]
+        );
         let latest = f.store.load_checkpoint(&f.pipeline).await.unwrap().unwrap();
         assert_eq!(latest.encode(), checkpoint(&f.pipeline, 2, 10).encode());
     }

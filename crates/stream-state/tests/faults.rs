@@ -38,11 +38,7 @@ async fn checkpoint_loop(store: Arc<dyn StateStore>, pipeline: String, done: Arc
 
 /// Runs the loop, calling `restart` once it is a third of the way through; then checks
 /// that every checkpoint and entry is there.
-async fn survives_restart(
-    store: Arc<dyn StateStore>,
-    pipeline: &str,
-    restart: impl FnOnce(),
-) {
+async fn survives_restart(store: Arc<dyn StateStore>, pipeline: &str, restart: impl FnOnce()) {
     let done = Arc::new(AtomicU64::new(0));
     let writer = tokio::spawn(checkpoint_loop(
         store.clone(),
@@ -62,7 +58,12 @@ async fn survives_restart(
         "no checkpoint lost"
     );
     assert_eq!(
-        store.load_checkpoint(pipeline).await.unwrap().unwrap().encode(),
+        store
+            .load_checkpoint(pipeline)
+            .await
+            .unwrap()
+            .unwrap()
+            .encode(),
         checkpoint(pipeline, CHECKPOINTS, 100).encode()
     );
     assert_eq!(
@@ -151,11 +152,19 @@ async fn redis_transaction_cut_before_exec_keeps_the_previous_checkpoint() {
         let payload = String::from_utf8(checkpoint(&pipeline, 3, 10).encode()).unwrap();
         assert_eq!(redis_command(&mut con, &["SET", &key, &payload]), "+QUEUED");
         let index = format!("srotax:{{{pipeline}}}:cps");
-        assert_eq!(redis_command(&mut con, &["ZADD", &index, "3", "3"]), "+QUEUED");
+        assert_eq!(
+            redis_command(&mut con, &["ZADD", &index, "3", "3"]),
+            "+QUEUED"
+        );
     } // connection dropped: Redis discards the queued transaction
     assert_eq!(store.list_checkpoints(&pipeline).await.unwrap(), vec![1, 2]);
     assert_eq!(
-        store.load_checkpoint(&pipeline).await.unwrap().unwrap().encode(),
+        store
+            .load_checkpoint(&pipeline)
+            .await
+            .unwrap()
+            .unwrap()
+            .encode(),
         checkpoint(&pipeline, 2, 10).encode()
     );
     store.clear_checkpoint(&pipeline).await.unwrap();
@@ -194,7 +203,10 @@ async fn redis_uses_native_expiry_and_hash_tagged_keys() {
         .unwrap_err();
     assert!(err.to_string().contains("tll"), "{err}");
     let err = RedisStateStoreProvider
-        .create(&ConnectorConfig::new("redis").option("url", "http://x"), &pipeline)
+        .create(
+            &ConnectorConfig::new("redis").option("url", "http://x"),
+            &pipeline,
+        )
         .unwrap_err();
     assert!(err.to_string().contains("url"), "{err}");
 }

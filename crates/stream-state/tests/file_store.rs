@@ -594,7 +594,9 @@ async fn the_provider_opens_shares_and_validates() {
     assert_eq!(err.path, "state.options.path");
     assert!(err.message.contains("is in use by"), "{}", err.message);
 
-    let err = provider.create(&ConnectorConfig::new("file"), "p").unwrap_err();
+    let err = provider
+        .create(&ConnectorConfig::new("file"), "p")
+        .unwrap_err();
     assert!(err.message.contains("needs option 'path'"), "{err:?}");
     let mut typo = config(&path).option("compactionMinByte", 5);
     typo.path = "state".into();

@@ -47,7 +47,10 @@ pub fn init_cluster(data: &Path) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         crate::run_cmd(
-            Command::new("chown").arg("-R").arg("postgres:postgres").arg(data),
+            Command::new("chown")
+                .arg("-R")
+                .arg("postgres:postgres")
+                .arg(data),
             "chown of the PostgreSQL data directory",
         )?;
     }
@@ -70,11 +73,12 @@ pub fn init_cluster(data: &Path) -> Result<()> {
 /// The postmaster command for the cluster in `data` on 127.0.0.1:`port` (foreground).
 pub fn postmaster(data: &Path, port: u16) -> Command {
     let mut c = pg_command("postgres");
-    c.arg("-D")
-        .arg(data)
-        .arg("-k")
-        .arg(data)
-        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"]);
+    c.arg("-D").arg(data).arg("-k").arg(data).args([
+        "-p",
+        &port.to_string(),
+        "-c",
+        "listen_addresses=127.0.0.1",
+    ]);
     c
 }
 
@@ -103,7 +107,15 @@ impl Service for Postgres {
             ready.args(["-h", "127.0.0.1", "-p", &PORT.to_string(), "-t", "30"]);
             crate::run_cmd(&mut ready, "pg_isready")?;
             let mut createdb = pg_command("createdb");
-            createdb.args(["-h", "127.0.0.1", "-p", &PORT.to_string(), "-U", "srotax", "srotax"]);
+            createdb.args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &PORT.to_string(),
+                "-U",
+                "srotax",
+                "srotax",
+            ]);
             crate::run_cmd(&mut createdb, "createdb srotax")?;
             std::fs::write(&marker, "")?;
         }
@@ -122,7 +134,9 @@ impl Service for Postgres {
 
     fn status(&self, dir: &Path) -> Result<String> {
         Ok(match running_pid(dir) {
-            Some(pid) => format!("running on postgres://srotax@127.0.0.1:{PORT}/srotax (pid {pid})"),
+            Some(pid) => {
+                format!("running on postgres://srotax@127.0.0.1:{PORT}/srotax (pid {pid})")
+            }
             None => "stopped".into(),
         })
     }

@@ -40,6 +40,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+/// Checkpoints a pipeline keeps in its state store (older ones are pruned), so that an
+/// operator can go back a few with `StateStore::restore_checkpoint`.
+pub const CHECKPOINTS_KEPT: usize = 10;
+/// Pruning runs after every this many checkpoints (listing costs a round trip).
+const PRUNE_EVERY: u64 = 10;
 /// Why a pipeline stopped with an error.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RunError {
@@ -1230,7 +1235,19 @@ impl Delivery {
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=10 {
             match self.store.save_checkpoint(cp).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    // Older checkpoints are only kept for `restore`: bound them.
+                    if cp.sequence % PRUNE_EVERY == 0 {
+                        if let Err(e) = self
+                            .store
+                            .prune_checkpoints(&cp.pipeline_id, CHECKPOINTS_KEPT)
+                            .await
+                        {
+                            warn!(error = %e, "pruning old checkpoints failed; will retry later");
+                        }
+                    }
+                    return Ok(());
+                }
                 Err(StateError::Unavailable(m)) if attempt < 10 => {
                     warn!(error = %m, attempt, "saving the checkpoint failed; retrying");
                     tokio::time::sleep(delay).await;

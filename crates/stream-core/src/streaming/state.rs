@@ -148,8 +148,7 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     async fn list_checkpoints(&self, pipeline_id: &str) -> Result<Vec<u64>, StateError>;
     /// Deletes all but the newest `keep` checkpoints of a pipeline (the latest is always
     /// kept, even with `keep == 0`); returns how many were deleted.
-    async fn prune_checkpoints(&self, pipeline_id: &str, keep: usize)
-        -> Result<usize, StateError>;
+    async fn prune_checkpoints(&self, pipeline_id: &str, keep: usize) -> Result<usize, StateError>;
     /// Forgets a pipeline's checkpoints (`srotax run --reset`).
     async fn clear_checkpoint(&self, pipeline_id: &str) -> Result<(), StateError>;
     /// Makes checkpoint `sequence` the one the next run resumes from, by saving a copy of
@@ -273,9 +272,7 @@ impl StateStore for MemoryStateStore {
         let expiry = ttl.map(|t| Instant::now() + t);
         let mut inner = self.lock();
         for (key, value) in entries {
-            inner
-                .entries
-                .insert(key.clone(), (value.clone(), expiry));
+            inner.entries.insert(key.clone(), (value.clone(), expiry));
         }
         Ok(())
     }
@@ -326,11 +323,7 @@ impl StateStore for MemoryStateStore {
             .unwrap_or_default())
     }
 
-    async fn prune_checkpoints(
-        &self,
-        pipeline_id: &str,
-        keep: usize,
-    ) -> Result<usize, StateError> {
+    async fn prune_checkpoints(&self, pipeline_id: &str, keep: usize) -> Result<usize, StateError> {
         let mut inner = self.lock();
         let Some(history) = inner.checkpoints.get_mut(pipeline_id) else {
             return Ok(0);

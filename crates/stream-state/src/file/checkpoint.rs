@@ -198,10 +198,7 @@ pub(crate) fn save(
 
 /// Sequences of the stored checkpoints, ascending: the history plus the latest (which a
 /// crash may have left out of the history).
-pub(crate) fn list(
-    files: &CheckpointFiles,
-    pipeline_id: &str,
-) -> Result<Vec<u64>, FileStoreError> {
+pub(crate) fn list(files: &CheckpointFiles, pipeline_id: &str) -> Result<Vec<u64>, FileStoreError> {
     let mut sequences = files.history_sequences()?;
     if let Some(latest) = load(files, pipeline_id)? {
         if let Err(at) = sequences.binary_search(&latest.sequence) {
@@ -224,13 +221,10 @@ pub(crate) fn load_at(
 }
 
 /// Deletes history links of all but the newest `keep` checkpoints (`current` and `prev`
-/// stay, being the latest two).
-pub(crate) fn prune(
-    files: &CheckpointFiles,
-    pipeline_id: &str,
-    keep: usize,
-) -> Result<usize, FileStoreError> {
-    let all = list(files, pipeline_id)?;
+/// stay, being the latest two). Counts only the history (not reading `current`), so
+/// after a crash that left the latest out of it one more is kept.
+pub(crate) fn prune(files: &CheckpointFiles, keep: usize) -> Result<usize, FileStoreError> {
+    let all = files.history_sequences()?;
     let doomed = stream_core::streaming::checkpoints_to_prune(&all, keep);
     let mut removed = 0;
     for &sequence in doomed {

@@ -309,14 +309,10 @@ impl StateStore for FileStateStore {
         blocking(move || shared.with_checkpoints(&id, |f| checkpoint::list(f, &id))).await
     }
 
-    async fn prune_checkpoints(
-        &self,
-        pipeline_id: &str,
-        keep: usize,
-    ) -> Result<usize, StateError> {
+    async fn prune_checkpoints(&self, pipeline_id: &str, keep: usize) -> Result<usize, StateError> {
         let shared = self.shared.clone();
         let id = pipeline_id.to_string();
-        blocking(move || shared.with_checkpoints(&id, |f| checkpoint::prune(f, &id, keep))).await
+        blocking(move || shared.with_checkpoints(&id, |f| checkpoint::prune(f, keep))).await
     }
 
     async fn clear_checkpoint(&self, pipeline_id: &str) -> Result<(), StateError> {

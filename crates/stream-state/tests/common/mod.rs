@@ -260,7 +260,14 @@ impl Drop for Server {
 pub fn start_redis(dir: &Path, port: u16) -> Server {
     let child = Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
         .args(["--daemonize", "no", "--dir"])
         .arg(dir)
         .stdout(Stdio::null())
@@ -311,8 +318,7 @@ pub fn init_postgres(data: &Path) {
         // The temp directory and the data directory must be reachable by `postgres`.
         let mut p = data.to_path_buf();
         loop {
-            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .ok();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).ok();
             if !p.pop() || p == std::env::temp_dir() {
                 break;
             }
