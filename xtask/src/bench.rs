@@ -41,15 +41,20 @@ fn state(args: &[String]) -> Result<()> {
     run_cmd(&mut build, "cargo bench -p stream-state --no-run")?;
     // The baseline: Redis's own client, pipelined 16 deep, 100-byte values, on the
     // Redis the benchmarks use.
-    let url = std::env::var("SROTAX_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:16379".into());
+    let url =
+        std::env::var("SROTAX_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".into());
     let host_port = url.trim_start_matches("redis://").trim_end_matches('/');
     let (host, port) = host_port.rsplit_once(':').unwrap_or((host_port, "6379"));
     let mut baseline = std::process::Command::new("redis-benchmark");
     baseline.args(["-h", host, "-p", port, "-P", "16", "-t", "set,get"]);
     // Its keys go to database 15, away from the state keys in database 0.
-    baseline.args(["-n", "500000", "-d", "100", "-r", "100000", "--dbnum", "15", "-q"]);
-    run_cmd(&mut baseline, "redis-benchmark -P 16 (baseline for state_write/redis)")?;
+    baseline.args([
+        "-n", "500000", "-d", "100", "-r", "100000", "--dbnum", "15", "-q",
+    ]);
+    run_cmd(
+        &mut baseline,
+        "redis-benchmark -P 16 (baseline for state_write/redis)",
+    )?;
     let mut cmd = cargo();
     cmd.args(["bench", "-p", "stream-state"]).args(args);
     let what = format!("cargo bench -p stream-state {}", args.join(" "));

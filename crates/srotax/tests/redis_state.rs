@@ -2,6 +2,7 @@
 //! `kill -9` in the middle of runs and restarted: the final output is exactly that of an
 //! uninterrupted run.
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -13,13 +14,22 @@ fn redis_url() -> String {
     std::env::var("SROTAX_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".into())
 }
 
-fn require_redis() {
+fn redis_connection() -> TcpStream {
     let url = redis_url();
     let addr = url.trim_start_matches("redis://").trim_end_matches('/');
-    assert!(
-        TcpStream::connect(addr).is_ok(),
-        "no Redis answers at {url}: run `cargo xtask services up` (or set SROTAX_TEST_REDIS_URL)"
-    );
+    TcpStream::connect(addr).unwrap_or_else(|e| {
+        panic!("no Redis answers at {url} ({e}): run `cargo xtask services up` (or set SROTAX_TEST_REDIS_URL)")
+    })
+}
+
+/// How many checkpoints Redis holds for `pipeline` (ZCARD of its index).
+fn stored_checkpoints(pipeline: &str) -> i64 {
+    let key = format!("srotax-e2e-{}:{{{pipeline}}}:cps", std::process::id());
+    let mut con = redis_connection();
+    write!(con, "*2\r\n$5\r\nZCARD\r\n${}\r\n{key}\r\n", key.len()).unwrap();
+    let mut line = String::new();
+    BufReader::new(con).read_line(&mut line).unwrap();
+    line.trim().trim_start_matches(':').parse().unwrap()
 }
 
 struct Dir(PathBuf);
@@ -106,13 +116,16 @@ fn kill_after(def: &str, delays_ms: &[u64]) -> usize {
 }
 
 fn same_output_after_kills(name: &str, pipeline: &str) {
-    require_redis();
+    drop(redis_connection());
     let dir = Dir::new(name);
     stream_connect::write_orders_jsonl(dir.path("orders.jsonl"), 60_000, 7).unwrap();
     let reference_def = definition(&dir, &format!("{name}-reference"), pipeline);
     run_to_end(&reference_def);
     let reference = lines(&dir.path(&format!("{name}-reference.out.jsonl")));
     assert!(reference.len() > 100, "{} lines", reference.len());
+    // The orchestrator prunes old checkpoints: 10 kept, pruned every 10th.
+    let kept = stored_checkpoints(&format!("{name}-reference"));
+    assert!((1..20).contains(&kept), "{kept} checkpoints stored");
 
     let def = definition(&dir, name, pipeline);
     let killed = kill_after(&def, &[200, 350, 500]);

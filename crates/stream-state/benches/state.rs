@@ -62,7 +62,10 @@ fn stores(dir: &std::path::Path) -> Vec<(&'static str, Arc<dyn StateStore>)> {
             open(
                 &stream_state::RedisStateStoreProvider,
                 ConnectorConfig::new("redis")
-                    .option("url", env_or("SROTAX_TEST_REDIS_URL", "redis://127.0.0.1:16379"))
+                    .option(
+                        "url",
+                        env_or("SROTAX_TEST_REDIS_URL", "redis://127.0.0.1:16379"),
+                    )
                     .option("keyPrefix", "srotax-bench")
                     .option("retryFor", "2s"),
             ),
@@ -138,7 +141,7 @@ fn bench_state(c: &mut Criterion) {
                         .save_checkpoint(&checkpoint(&pipeline, sequence))
                         .await
                         .unwrap();
-                    if sequence % 10 == 0 {
+                    if sequence.is_multiple_of(10) {
                         store.prune_checkpoints(&pipeline, 10).await.unwrap();
                     }
                 })

@@ -8,15 +8,19 @@
 //! `"state": {"type": ..., "options": {...}}` and [`register_builtin`] makes them known to
 //! an orchestrator.
 //!
-//! | `type`   | module     | cargo feature      | survives                          |
-//! | -------- | ---------- | ------------------ | --------------------------------- |
-//! | `memory` | [`memory`] | always             | nothing (process lifetime)        |
-//! | `file`   | `file`     | `file` (default)   | `kill -9` and power loss          |
+//! | `type`     | module       | cargo feature      | survives / shared                      |
+//! | ---------- | ------------ | ------------------ | -------------------------------------- |
+//! | `memory`   | [`memory`]   | always             | nothing (process lifetime)             |
+//! | `file`     | `file`       | `file` (default)   | `kill -9`, power loss; one process     |
+//! | `redis`    | `redis`      | `redis`            | server restarts (with AOF); processes  |
+//! | `postgres` | `sql`        | `postgres`         | server crashes; processes and machines |
+//! | `sqlite`   | `sql`        | `sqlite`           | `kill -9`; processes of one machine    |
 //!
-//! Redis and SQL backends (state shared by several processes) will come as further
-//! modules behind their own features (`redis`, `sql`): each backend is one module with a
-//! store implementing `StateStore` and a `StateStoreProvider` for its `type`, and
-//! [`register_builtin`] registers the provider of every enabled feature.
+//! Each backend is one module with a store implementing `StateStore` and a
+//! `StateStoreProvider` for its `type`; [`register_builtin`] registers the provider of
+//! every enabled feature. The network backends retry every operation with backoff while
+//! their server is unreachable (`retryFor`, 30 s by default). `docs/state.md` says which
+//! backend suits which deployment and documents each one's options and layout.
 //!
 //! # The file backend
 //!

@@ -1237,7 +1237,7 @@ impl Delivery {
             match self.store.save_checkpoint(cp).await {
                 Ok(()) => {
                     // Older checkpoints are only kept for `restore`: bound them.
-                    if cp.sequence % PRUNE_EVERY == 0 {
+                    if cp.sequence.is_multiple_of(PRUNE_EVERY) {
                         if let Err(e) = self
                             .store
                             .prune_checkpoints(&cp.pipeline_id, CHECKPOINTS_KEPT)
