@@ -30,7 +30,7 @@ use stream_core::streaming::{
     ConnectorConfig, ConnectorContext, ConnectorError, ConnectorProvider, DefinitionError, Payload,
     Progress, Record, Sink, Source, SourceBatch, SourcePositions,
 };
-use stream_core::value::{Document, Str, Value};
+use stream_core::value::{Document, Value};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -180,7 +180,7 @@ impl FilePattern {
 struct TailedFile {
     path: PathBuf,
     /// Partition name: the path as matched.
-    name: Str,
+    name: Arc<str>,
     /// Byte offset just after the last complete line handed out (or skipped as blank).
     offset: u64,
     reader: Option<BufReader<File>>,
@@ -192,7 +192,7 @@ struct TailedFile {
 
 impl TailedFile {
     fn new(path: PathBuf) -> Self {
-        let name = Str::from(path.to_string_lossy().as_ref());
+        let name = Arc::from(path.to_string_lossy().as_ref());
         TailedFile {
             path,
             name,

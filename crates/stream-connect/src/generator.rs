@@ -27,12 +27,13 @@ use crate::options::{check_known, positive_u64};
 use async_trait::async_trait;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use stream_core::streaming::{
     ConnectorConfig, ConnectorContext, ConnectorError, ConnectorProvider, DefinitionError, Payload,
     Progress, Record, Sink, Source, SourceBatch, SourcePositions,
 };
-use stream_core::value::{Document, ExtJsonMode, Str, Value};
+use stream_core::value::{Document, ExtJsonMode, Value};
 use tokio::time::Instant;
 
 const NAME: &str = "generator";
@@ -281,7 +282,7 @@ impl ConnectorProvider for GeneratorConnectorProvider {
                 ))
             }
         };
-        let partition = Str::from(match kind {
+        let partition = Arc::<str>::from(match kind {
             Kind::Orders { .. } => "orders",
             Kind::Nexmark(_) => "nexmark",
         });
@@ -315,7 +316,7 @@ struct GeneratorSource {
     seed: u64,
     count: Option<u64>,
     rate: Option<f64>,
-    partition: Str,
+    partition: Arc<str>,
     /// Index of the next event.
     next: u64,
     /// Throttling reference: when pacing started and the index at that moment.
@@ -392,7 +393,7 @@ impl Source for GeneratorSource {
     }
 
     async fn seek(&mut self, positions: &SourcePositions) -> Result<(), ConnectorError> {
-        let Some(p) = positions.get(self.partition.as_str()) else {
+        let Some(p) = positions.get(&*self.partition) else {
             return Ok(());
         };
         let next = p

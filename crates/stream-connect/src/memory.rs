@@ -25,7 +25,7 @@ use stream_core::streaming::{
     ConnectorConfig, ConnectorContext, ConnectorError, ConnectorProvider, DefinitionError, Payload,
     Record, Sink, Source, SourceBatch, SourcePositions,
 };
-use stream_core::value::{parse_document, Document, Str, Value};
+use stream_core::value::{parse_document, Document, Value};
 use tokio::sync::watch;
 
 const NAME: &str = "memory";
@@ -269,7 +269,7 @@ impl ConnectorProvider for MemoryConnectorProvider {
         let channel = self.hub.channel(&name);
         let version = channel.version.subscribe();
         Ok(Some(Box::new(MemorySource {
-            partition: Str::from(name.as_str()),
+            partition: Arc::from(name.as_str()),
             channel,
             version,
             next: 0,
@@ -293,7 +293,7 @@ impl ConnectorProvider for MemoryConnectorProvider {
 
 struct MemorySource {
     /// The channel name, also the partition name.
-    partition: Str,
+    partition: Arc<str>,
     channel: Arc<Channel>,
     version: watch::Receiver<u64>,
     /// Index of the next document to read.
@@ -350,7 +350,7 @@ impl Source for MemorySource {
     }
 
     async fn seek(&mut self, positions: &SourcePositions) -> Result<(), ConnectorError> {
-        if let Some(p) = positions.get(self.partition.as_str()) {
+        if let Some(p) = positions.get(&*self.partition) {
             let next = p
                 .as_i64_exact()
                 .and_then(|n| usize::try_from(n).ok())

@@ -13,12 +13,13 @@
 use crate::lines::{line_text, write_lines, READ_BUFFER};
 use crate::options::check_known;
 use async_trait::async_trait;
+use std::sync::Arc;
 use std::time::Duration;
 use stream_core::streaming::{
     ConnectorConfig, ConnectorContext, ConnectorError, ConnectorProvider, DefinitionError, Payload,
     Record, Sink, Source, SourceBatch, SourcePositions,
 };
-use stream_core::value::{Document, Str, Value};
+use stream_core::value::{Document, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Stdin};
 use tokio::time::Instant;
 use tracing::warn;
@@ -104,7 +105,7 @@ impl Source for StdinSource {
                 if let Some(text) = line_text(&self.pending, PARTITION, self.line) {
                     records.push(Record {
                         payload: Payload::Json(text),
-                        partition: Str::from(PARTITION),
+                        partition: Arc::from(PARTITION),
                         position: Value::Int64(self.line as i64),
                         event_time: None,
                     });

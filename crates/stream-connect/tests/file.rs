@@ -313,7 +313,7 @@ async fn the_source_reports_byte_positions_and_handles_truncation_and_bad_utf8()
     );
     assert_eq!(batch.records[0].position.as_i64_exact(), Some(9));
     assert_eq!(batch.records[1].position.as_i64_exact(), Some(20));
-    assert_eq!(batch.records[0].partition.as_str(), path);
+    assert_eq!(batch.records[0].partition.as_ref(), path);
     // Nothing new: an empty batch after about max_wait.
     let batch = source
         .next_batch(10, Duration::from_millis(30))

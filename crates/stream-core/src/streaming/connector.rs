@@ -5,7 +5,7 @@
 
 use super::context::StreamingContext;
 use super::definition::{ConnectorConfig, DefinitionError};
-use crate::value::{Document, Str, Value};
+use crate::value::{Document, Value};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -72,7 +72,8 @@ pub struct Record {
     /// The content.
     pub payload: Payload,
     /// Source partition (file path, Kafka topic-partition, ...). Order is kept per partition.
-    pub partition: Str,
+    /// Shared (`Arc`): every record of a partition points at the same name.
+    pub partition: Arc<str>,
     /// Position to resume *after* this record (offset + 1, byte offset after the line, resume token).
     pub position: Value,
     /// Event time in epoch millis, when the source knows it.

@@ -753,7 +753,7 @@ struct Parsed {
     raw: Option<String>,
     /// A copy of the parsed document, kept when the error policy may need it.
     original: Option<Document>,
-    partition: Str,
+    partition: Arc<str>,
     position: Value,
 }
 
@@ -877,7 +877,7 @@ impl Processing {
         out: &mut Vec<Document>,
         dead_letters: &mut Vec<Document>,
     ) -> Result<(), RunError> {
-        match positions.get_mut(item.partition.as_str()) {
+        match positions.get_mut(&*item.partition) {
             Some(p) => *p = item.position.clone(),
             None => {
                 positions.insert(item.partition.to_string(), item.position.clone());
@@ -973,14 +973,13 @@ impl Processing {
         errors: Vec<StageError>,
         dead_letters: &mut Vec<Document>,
     ) -> Result<(), RunError> {
-        let none = Str::default();
         for e in errors {
             let failure = Failure {
                 stage: format!("pipeline[{}] {}", e.stage_index, e.stage),
                 message: e.error.message,
                 attempts: 1,
                 original: Value::Null,
-                partition: &none,
+                partition: "",
                 position: &Value::Null,
             };
             self.apply_policy(&failure, ErrorKind::Permanent, dead_letters)?;
@@ -1036,7 +1035,7 @@ struct Failure<'a> {
     message: String,
     attempts: u32,
     original: Value,
-    partition: &'a Str,
+    partition: &'a str,
     position: &'a Value,
 }
 
@@ -1052,7 +1051,7 @@ impl Failure<'_> {
             Value::Date(chrono::Utc::now().timestamp_millis()),
         );
         let mut source = Document::new();
-        source.insert("partition", Value::string(self.partition.as_str()));
+        source.insert("partition", Value::string(self.partition));
         source.insert("position", self.position.clone());
         d.insert("source", Value::Document(source));
         d.insert("document", self.original.clone());
@@ -1169,7 +1168,7 @@ impl Delivery {
                                 message: error.to_string(),
                                 attempts: attempt,
                                 original: Value::Document(doc.clone()),
-                                partition: &Str::default(),
+                                partition: "",
                                 position: &Value::Null,
                             };
                             dead_letters.push(failure.dead_letter_record(&self.pipeline_id));

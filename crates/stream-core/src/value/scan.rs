@@ -17,6 +17,42 @@ const MAX_DEPTH: usize = 128;
 /// Reads the wanted top-level fields of the object in `text` into `doc` (cleared by the
 /// caller). `None`: use the full parser instead.
 pub(super) fn scan_fields_into(text: &str, fields: &[Str], doc: &mut Document) -> Option<()> {
+    // Names are compared as byte slices taken out of their `Str`s once per document
+    // (reading a `Str`'s bytes branches on its representation). A mask of the wanted
+    // names' lengths rejects most keys with one test.
+    const CACHED: usize = 8;
+    let same = |f: &[u8], k: &[u8]| f.len() == k.len() && f.first() == k.first() && f == k;
+    if fields.len() > CACHED {
+        return scan_with(text, fields, doc, u64::MAX, |k| {
+            fields.iter().position(|f| same(f.as_bytes(), k))
+        });
+    }
+    let mut names: [&[u8]; CACHED] = [&[]; CACHED];
+    let mut lengths = 0u64;
+    for (slot, f) in names.iter_mut().zip(fields) {
+        *slot = f.as_bytes();
+        lengths |= length_bit(slot.len());
+    }
+    let names = &names[..fields.len()];
+    scan_with(text, fields, doc, lengths, |k| {
+        names.iter().position(|f| same(f, k))
+    })
+}
+
+/// The bit standing for a name length in a length mask (lengths of 63 and more share one).
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
+}
+
+/// [`scan_fields_into`] with `wanted` giving the index in `fields` of a key whose length
+/// is in the `lengths` mask.
+fn scan_with(
+    text: &str,
+    fields: &[Str],
+    doc: &mut Document,
+    lengths: u64,
+    wanted: impl Fn(&[u8]) -> Option<usize>,
+) -> Option<()> {
     let b = text.as_bytes();
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
@@ -26,30 +62,44 @@ pub(super) fn scan_fields_into(text: &str, fields: &[Str], doc: &mut Document) -
     if b.get(i) == Some(&b'}') {
         return (skip_ws(b, i + 1) == b.len()).then_some(());
     }
+    // Fields already read (bit i for `fields[i]`): a repeated key replaces the earlier
+    // value (the last one wins, as in MongoDB's parsers); beyond 64 fields, look it up.
+    let mut seen = 0u64;
     loop {
         if b.get(i) != Some(&b'"') {
             return None;
         }
         let key_end = plain_string_end(b, i + 1)?;
-        let key = &text[i + 1..key_end];
+        let key = &b[i + 1..key_end];
         i = skip_ws(b, key_end + 1);
         if b.get(i) != Some(&b':') {
             return None;
         }
         let start = skip_ws(b, i + 1);
-        let end = skip_value(b, start, 0)?;
-        // Length and first byte reject most keys before a full comparison.
-        let first = key.as_bytes().first();
-        if let Some(field) = fields.iter().find(|f| {
-            f.as_bytes().first() == first && super::bytes_eq(f.as_bytes(), key.as_bytes())
-        }) {
-            let raw = &text[start..end];
-            let value = match simple_scalar(raw) {
-                Some(v) => v,
-                None => parse_value(raw).ok()?,
-            };
-            doc.push_json_field(field.clone(), value);
-        }
+        let wanted = match lengths & length_bit(key.len()) {
+            0 => None,
+            _ => wanted(key),
+        };
+        let end = match wanted {
+            None => skip_value(b, start, 0)?,
+            Some(f) => {
+                let (value, end) = match scalar_at(text, start) {
+                    Some(found) => found,
+                    None => {
+                        let end = skip_value(b, start, 0)?;
+                        (parse_value(&text[start..end]).ok()?, end)
+                    }
+                };
+                let bit = 1u64.checked_shl(f as u32).unwrap_or(0);
+                if bit != 0 && seen & bit == 0 {
+                    seen |= bit;
+                    doc.push_unchecked(fields[f].clone(), value);
+                } else {
+                    doc.push_json_field(fields[f].clone(), value);
+                }
+                end
+            }
+        };
         i = skip_ws(b, end);
         match b.get(i) {
             Some(b',') => i = skip_ws(b, i + 1),
@@ -59,38 +109,41 @@ pub(super) fn scan_fields_into(text: &str, fields: &[Str], doc: &mut Document) -
     }
 }
 
-/// The common scalars, read directly (without setting up a JSON deserializer): strings
-/// without escapes, `true`/`false`/`null`, integers of up to 18 digits, and plain
-/// decimals. Everything else (`None`) goes through the full parser. `raw` is already
-/// validated by [`skip_value`].
-fn simple_scalar(raw: &str) -> Option<Value> {
-    let b = raw.as_bytes();
-    match b.first()? {
+/// The common scalars starting at `i`, read and validated in one pass (without setting
+/// up a JSON deserializer), with the index just past them: strings without escapes,
+/// `true`/`false`/`null`, integers of up to 18 digits, and plain decimals. Everything
+/// else (`None`) goes through the full parser.
+fn scalar_at(text: &str, i: usize) -> Option<(Value, usize)> {
+    let b = text.as_bytes();
+    match *b.get(i)? {
         b'"' => {
-            let body = &raw[1..raw.len() - 1];
-            (!body.contains('\\')).then(|| Value::String(Str::from(body)))
+            let end = plain_string_end(b, i + 1)?;
+            Some((Value::String(Str::from(&text[i + 1..end])), end + 1))
         }
-        b't' => Some(Value::Bool(true)),
-        b'f' => Some(Value::Bool(false)),
-        b'n' => Some(Value::Null),
+        b't' => Some((Value::Bool(true), literal(b, i, b"true")?)),
+        b'f' => Some((Value::Bool(false), literal(b, i, b"false")?)),
+        b'n' => Some((Value::Null, literal(b, i, b"null")?)),
         _ => {
+            let end = skip_number(b, i)?;
+            let raw = &text[i..end];
             let digits = raw.strip_prefix('-').unwrap_or(raw);
             if digits.len() > 18 || digits.contains(['e', 'E']) {
                 return None;
             }
-            if digits.contains('.') {
+            let value = if digits.contains('.') {
                 // Rust's float parsing is correctly rounded, as serde_json's
                 // `float_roundtrip` is.
-                raw.parse::<f64>().ok().map(Value::Double)
+                Value::Double(raw.parse::<f64>().ok()?)
             } else if raw == "-0" {
-                None
+                return None;
             } else {
                 let n: i64 = raw.parse().ok()?;
-                Some(match i32::try_from(n) {
+                match i32::try_from(n) {
                     Ok(i) => Value::Int32(i),
                     Err(_) => Value::Int64(n),
-                })
-            }
+                }
+            };
+            Some((value, end))
         }
     }
 }
@@ -109,10 +162,32 @@ fn plain_string_end(b: &[u8], i: usize) -> Option<usize> {
     (b[end] == b'"').then_some(end)
 }
 
-/// Offset of the first quote, backslash or control character. A plain loop: strings in
-/// events are short, and a SIMD search measured slower on them.
+/// Offset of the first quote, backslash or control character, eight bytes at a time
+/// (SWAR): each test below flags, in the lowest flagged byte, exactly the first byte that
+/// matches (borrows can only set flags above a true match), so the lowest flag is exact.
 fn next_special(s: &[u8]) -> Option<usize> {
-    s.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut chunks = s.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let quote = zero_byte(w ^ (ONES * u64::from(b'"')));
+        let backslash = zero_byte(w ^ (ONES * u64::from(b'\\')));
+        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH; // bytes below 0x20
+        let flags = quote | backslash | control;
+        if flags != 0 {
+            return Some(offset + (flags.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    let rest = chunks.remainder();
+    rest.iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .map(|p| offset + p)
 }
 
 /// Index just past the JSON value starting at `i`, validating it strictly.
@@ -306,6 +381,29 @@ mod tests {
                 let (fast, full) = both(&text, &fields);
                 if let Some(fast) = fast {
                     assert_eq!(Ok(fast), full, "fast path disagrees on {text}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn next_special_finds_the_first_quote_backslash_or_control_byte() {
+        let naive = |s: &[u8]| s.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+        // Every special byte at every offset (inside and after the 8-byte words), with
+        // high (UTF-8) and borrow-prone neighbours before and after it.
+        for len in 0..24 {
+            for at in 0..=len {
+                for special in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+                    for filler in [b'a', 0x21, 0x80, 0xff, 0x01 + 0x20] {
+                        let mut s = vec![filler; len];
+                        if at < len {
+                            s[at] = special;
+                            if at + 1 < len {
+                                s[at + 1] = b'"';
+                            }
+                        }
+                        assert_eq!(next_special(&s), naive(&s), "{s:?}");
+                    }
                 }
             }
         }

@@ -38,6 +38,13 @@ struct Node {
     /// entries without a string comparison: this lookup runs for every field of every
     /// document.
     probes: Vec<KeyProbe>,
+    /// Bit `n` set when an entry's name is `n` bytes long (63 stands for 63 and more):
+    /// most input fields are rejected on their length alone, before any probe.
+    lengths: u64,
+}
+
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 /// A key's length, first eight bytes and last eight bytes: equal keys have equal probes,
@@ -88,6 +95,9 @@ enum Entry {
 impl Node {
     #[inline]
     fn get(&self, key: &str) -> Option<&Entry> {
+        if self.lengths & length_bit(key.len()) == 0 {
+            return None;
+        }
         let probe = KeyProbe::of(key);
         self.probes
             .iter()
@@ -139,6 +149,10 @@ impl Node {
         self.has_computed = computed;
         self.n_fields = n;
         self.probes = self.entries.iter().map(|(k, _)| KeyProbe::of(k)).collect();
+        self.lengths = self
+            .entries
+            .iter()
+            .fold(0, |m, (k, _)| m | length_bit(k.len()));
         computed
     }
 }
