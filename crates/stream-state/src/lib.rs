@@ -80,7 +80,7 @@ pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(any(feature = "redis", feature = "sql"))]
-mod retry;
+mod remote;
 #[cfg(feature = "sql")]
 pub mod sql;
 
@@ -106,6 +106,16 @@ pub fn register_builtin(orchestrator: &mut StreamingPipelineOrchestrator) {
     #[cfg(feature = "sqlite")]
     orchestrator.register_state_store(std::sync::Arc::new(SqlStateStoreProvider::sqlite()));
     let _ = orchestrator;
+}
+
+/// Wall-clock time in epoch milliseconds: expiry times, which must hold across restarts
+/// and between processes, use it.
+#[allow(dead_code)] // unused when only `memory` is compiled
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Rejects options a backend does not know (a typo must not silently fall back to a

@@ -15,7 +15,8 @@
 //!
 //! Entry writes and checkpoint writes are MULTI/EXEC transactions (value + index in one
 //! step), so a crash of the client or the server never leaves one without the other;
-//! batches go as one pipelined transaction (one round trip). Index members whose value
+//! batches go as one pipelined transaction (one round trip) of MSET + ZADD commands of
+//! 1,000 entries each (SET ... PX per entry when they expire). Index members whose value
 //! expired are removed by the next `scan` that meets them.
 //!
 //! Connections go through `redis`'s [`ConnectionManager`], which reconnects after a
@@ -23,7 +24,7 @@
 //! before reporting the store unavailable. Every operation is idempotent, so a retry
 //! after a lost reply is harmless.
 
-use crate::retry::{retry, DEFAULT_RETRY_FOR};
+use crate::remote::{redact, retry, DEFAULT_RETRY_FOR};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError, RetryMethod};
 use std::fmt;
@@ -88,16 +89,6 @@ impl fmt::Debug for RedisStateStore {
             .field("url", &redact(&self.options.url))
             .field("entry_prefix", &self.entry_prefix)
             .finish()
-    }
-}
-
-/// The URL without a password, for logs and errors.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***{}", &url[..scheme], &url[at..])
-        }
-        _ => url.to_string(),
     }
 }
 
@@ -185,18 +176,41 @@ impl RedisStateStore {
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1))
     }
 
-    fn add_put(&self, pipe: &mut redis::Pipeline, key: &str, value: &[u8], ttl: Option<u64>) {
-        let full = self.entry_key(key);
-        let set = pipe.cmd("SET").arg(&full).arg(value);
-        if let Some(ms) = ttl {
-            set.arg("PX").arg(ms);
+    /// One MULTI/EXEC writing `entries` and their index members. Without expiry the
+    /// values go as MSET and the index as ZADD, 1,000 entries per command, which Redis
+    /// executes far faster than a SET and a ZADD per entry; with expiry each value needs
+    /// its own `SET ... PX`.
+    fn put_transaction(&self, entries: &[(String, Vec<u8>)], ttl: Option<u64>) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for chunk in entries.chunks(1000) {
+            let keys: Vec<String> = chunk.iter().map(|(k, _)| self.entry_key(k)).collect();
+            match ttl {
+                None => {
+                    let mset = pipe.cmd("MSET");
+                    for (full, (_, value)) in keys.iter().zip(chunk) {
+                        mset.arg(full).arg(value);
+                    }
+                    mset.ignore();
+                }
+                Some(ms) => {
+                    for (full, (_, value)) in keys.iter().zip(chunk) {
+                        pipe.cmd("SET")
+                            .arg(full)
+                            .arg(value)
+                            .arg("PX")
+                            .arg(ms)
+                            .ignore();
+                    }
+                }
+            }
+            let zadd = pipe.cmd("ZADD").arg(&self.index_key);
+            for full in &keys {
+                zadd.arg(0).arg(full);
+            }
+            zadd.ignore();
         }
-        set.ignore();
-        pipe.cmd("ZADD")
-            .arg(&self.index_key)
-            .arg(0)
-            .arg(&full)
-            .ignore();
+        pipe
     }
 }
 
@@ -213,26 +227,19 @@ impl StateStore for RedisStateStore {
         value: Vec<u8>,
         ttl: Option<Duration>,
     ) -> Result<(), StateError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        self.add_put(&mut pipe, key, &value, self.ttl(ttl));
+        let pipe = self.put_transaction(&[(key.to_string(), value)], self.ttl(ttl));
         self.run(&format!("SET {key}"), Query::Pipe(&pipe)).await
     }
 
     async fn put_batch(
         &self,
-        entries: &[(String, Vec<u8>)],
+        entries: Vec<(String, Vec<u8>)>,
         ttl: Option<Duration>,
     ) -> Result<(), StateError> {
         if entries.is_empty() {
             return Ok(());
         }
-        let ttl = self.ttl(ttl);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for (key, value) in entries {
-            self.add_put(&mut pipe, key, value, ttl);
-        }
+        let pipe = self.put_transaction(&entries, self.ttl(ttl));
         let what = format!("writing {} entries", entries.len());
         self.run(&what, Query::Pipe(&pipe)).await
     }
@@ -436,15 +443,6 @@ impl StateStoreProvider for RedisStateStoreProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("redis://user:secret@host:6379/0"),
-            "redis://***@host:6379/0"
-        );
-        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
-    }
 
     #[test]
     fn keys_share_the_pipeline_hash_tag() {

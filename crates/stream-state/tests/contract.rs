@@ -35,7 +35,7 @@ async fn keyed_entries(f: &Fixture) {
         ("customer:2", "c2"), // the last write of a key in a batch wins
         ("ü:1", "h"),
     ]);
-    s.put_batch(&batch, None).await.unwrap();
+    s.put_batch(batch, None).await.unwrap();
     assert_eq!(
         s.scan("customer:").await.unwrap(),
         entries(&[
@@ -59,7 +59,7 @@ async fn keyed_entries(f: &Fixture) {
     s.delete("never-written").await.unwrap();
     assert_eq!(s.get("customer:1").await.unwrap(), None);
     assert_eq!(s.scan("customer:").await.unwrap().len(), 2);
-    s.put_batch(&[], None).await.unwrap();
+    s.put_batch(Vec::new(), None).await.unwrap();
     // Binary values round-trip.
     let bytes: Vec<u8> = (0..=255).collect();
     s.put("bin", bytes.clone(), None).await.unwrap();
@@ -72,12 +72,9 @@ async fn ttl_expiry(f: &Fixture) {
     // Long enough that a loaded machine still reads them back before they expire.
     let ttl = Duration::from_secs(2);
     s.put("t:short", b"x".to_vec(), Some(ttl)).await.unwrap();
-    s.put_batch(
-        &entries(&[("t:batch", "y")]),
-        Some(Duration::from_millis(100)),
-    )
-    .await
-    .unwrap();
+    s.put_batch(entries(&[("t:batch", "y")]), Some(ttl))
+        .await
+        .unwrap();
     s.put("t:long", b"z".to_vec(), Some(Duration::from_secs(3600)))
         .await
         .unwrap();
@@ -287,7 +284,7 @@ async fn child() {
                         (k, v)
                     })
                     .collect();
-                store.put_batch(&batch, None).await.unwrap();
+                store.put_batch(batch, None).await.unwrap();
                 let p = format!("{pipeline}-{tag}");
                 let seq = (chunk[0] - WRITES / 2) as u64 / 30 + 1;
                 store

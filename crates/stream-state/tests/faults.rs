@@ -26,7 +26,7 @@ async fn checkpoint_loop(store: Arc<dyn StateStore>, pipeline: String, done: Arc
         let batch: Vec<(String, Vec<u8>)> = (0..10)
             .map(|i| (format!("k:{seq:04}:{i}"), seq.to_string().into_bytes()))
             .collect();
-        store.put_batch(&batch, None).await.unwrap();
+        store.put_batch(batch, None).await.unwrap();
         store
             .save_checkpoint(&checkpoint(&pipeline, seq, 100))
             .await

@@ -29,6 +29,7 @@ mod log;
 pub use error::FileStoreError;
 pub use log::LogStats;
 
+use crate::now_ms;
 use checkpoint::CheckpointFiles;
 use fsutil::DirLock;
 use log::KeyedLog;
@@ -37,7 +38,7 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use stream_core::streaming::{
     Checkpoint, ConnectorConfig, DefinitionError, StateError, StateStore, StateStoreProvider,
 };
@@ -84,13 +85,6 @@ impl fmt::Debug for FileStateStore {
             .field("dir", &self.shared.dir)
             .finish()
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn expiry(ttl: Option<Duration>, now: i64) -> Option<i64> {
@@ -267,13 +261,13 @@ impl StateStore for FileStateStore {
 
     async fn put_batch(
         &self,
-        entries: &[(String, Vec<u8>)],
+        entries: Vec<(String, Vec<u8>)>,
         ttl: Option<Duration>,
     ) -> Result<(), StateError> {
         let now = now_ms();
         let mut log = self.shared.log()?;
         for (key, value) in entries {
-            log.put(key, value.clone(), expiry(ttl, now), now)?;
+            log.put(&key, value, expiry(ttl, now), now)?;
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
-//! Retry with exponential backoff for the network backends (Redis, SQL): a server that
-//! restarts makes operations wait and then succeed instead of failing the pipeline.
+//! Helpers of the network backends (Redis, SQL): retry with exponential backoff, so a
+//! server that restarts makes operations wait and then succeed instead of failing the
+//! pipeline, and URLs with the password hidden for logs and errors.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -47,5 +48,27 @@ where
                 attempt += 1;
             }
         }
+    }
+}
+
+/// The URL without a password, for logs and errors.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact("redis://user:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(super::redact("redis://host:6379"), "redis://host:6379");
     }
 }
