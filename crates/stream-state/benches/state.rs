@@ -1,6 +1,8 @@
 //! State-store benchmarks for `cargo xtask bench state`: every backend, written and read
 //! the way the checkpoint path uses them.
 //!
+//! - `state_write/hashmap_baseline`: the same batch into a std `HashMap`, the
+//!   in-process baseline for `memory`.
 //! - `state_write/<backend>`: one `put_batch` of 10,000 entries (16-byte keys, 100-byte
 //!   values) followed by `save_checkpoint`, which makes them durable (file: log fsync and
 //!   checkpoint file; Redis: one MULTI/EXEC pipeline; SQL: one transaction). Throughput
@@ -123,6 +125,26 @@ fn bench_state(c: &mut Criterion) {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let entries = batch();
+    // The baseline for `memory`: the same owned batch into a plain std HashMap (no lock,
+    // no async, SipHash), in the same run.
+    let mut baseline = c.benchmark_group("state_write");
+    baseline
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5))
+        .throughput(Throughput::Elements(BATCH as u64));
+    let mut map: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
+    baseline.bench_function("hashmap_baseline", |b| {
+        b.iter_batched(
+            || entries.clone(),
+            |batch| {
+                for (k, v) in batch {
+                    map.insert(k, v);
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    baseline.finish();
     for (name, store) in stores(dir.path()) {
         let pipeline = format!("bench-{name}");
         rt.block_on(store.clear_checkpoint(&pipeline)).unwrap();
