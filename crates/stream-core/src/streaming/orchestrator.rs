@@ -460,7 +460,7 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
             .build()
             .map_err(|e| RunError::Internal(format!("cannot start worker threads: {e}")))?,
         prefix_len,
-        prefix_runs: (0..rt.worker_thread_pool_size.max(1))
+        prefix_runs: (0..rt.worker_thread_pool_size.max(1) * CHUNKS_PER_WORKER)
             .map(|_| p.pipeline.start_prefix(prefix_len, run.env().clone()))
             .collect(),
     };
@@ -624,14 +624,19 @@ struct Parser {
     keep_original: bool,
     workers: rayon::ThreadPool,
     prefix_len: usize,
-    /// One run of the prefix stages per worker.
+    /// One run of the prefix stages per chunk of a batch.
     prefix_runs: Vec<PipelineRun>,
 }
 
+/// A batch is cut into this many chunks per worker: the workers share the cores with the
+/// source, processing and sink threads, and small chunks let an idle worker steal work
+/// from one that was descheduled instead of waiting for it.
+const CHUNKS_PER_WORKER: usize = 4;
+
 /// What the parser hands to the processing thread.
 enum WorkMsg {
-    /// Parsed records, and the prefix stages' counters so far.
-    Batch(Vec<Parsed>, Vec<StageStats>),
+    /// Parsed records in input order (in chunks), and the prefix stages' counters so far.
+    Batch(Vec<Vec<Parsed>>, Vec<StageStats>),
     /// The input ended.
     End,
     /// `stop()` was called.
@@ -672,7 +677,9 @@ impl Parser {
     /// Parses JSON payloads on the worker pool, keeping only the fields the pipeline
     /// reads, and runs the pipeline's stateless prefix (`$match`, `$project`, ...) there
     /// too, so the one thread that must see documents in order gets less to do.
-    fn parse(&mut self, records: Vec<Record>) -> Vec<Parsed> {
+    /// Returns the parsed records in input order, in chunks (flattening them would move
+    /// every record once more).
+    fn parse(&mut self, records: Vec<Record>) -> Vec<Vec<Parsed>> {
         let keep_original = self.keep_original;
         let fields = self.input_fields.as_deref();
         let prefix_len = self.prefix_len;
@@ -713,24 +720,24 @@ impl Parser {
         };
         if records.len() < 64 {
             let mut prefix = self.prefix_runs.first_mut();
-            return records
+            return vec![records
                 .into_iter()
                 .map(|r| parse_one(r, prefix.as_deref_mut()))
-                .collect();
+                .collect()];
         }
-        // One contiguous chunk per worker, each with its own prefix run; results keep
-        // the input order.
+        // Contiguous chunks, each with its own prefix run; results keep the input order.
         let chunk = records.len().div_ceil(self.prefix_runs.len().max(1));
+        // Cut from the end, so each record is moved once.
         let mut chunks: Vec<Vec<Record>> = Vec::new();
         let mut rest = records;
         while rest.len() > chunk {
-            let tail = rest.split_off(chunk);
-            chunks.push(rest);
-            rest = tail;
+            let at = (rest.len() - 1) / chunk * chunk;
+            chunks.push(rest.split_off(at));
         }
         chunks.push(rest);
+        chunks.reverse();
         let runs = &mut self.prefix_runs;
-        let parsed: Vec<Vec<Parsed>> = self.workers.install(|| {
+        self.workers.install(|| {
             chunks
                 .into_par_iter()
                 .zip(runs.par_iter_mut())
@@ -741,8 +748,7 @@ impl Parser {
                         .collect()
                 })
                 .collect()
-        });
-        parsed.into_iter().flatten().collect()
+        })
     }
 }
 
@@ -788,10 +794,10 @@ impl Processing {
             let mut dead_letters = Vec::new();
             let ending = match msg {
                 WorkMsg::Batch(items, prefix_stats) => {
-                    let n = items.len();
+                    let n: usize = items.iter().map(Vec::len).sum();
                     self.metrics.add_records_in(n as u64);
                     self.prefix_stats = prefix_stats;
-                    for item in items {
+                    for item in items.into_iter().flatten() {
                         self.process(&mut run, item, &mut positions, &mut out, &mut dead_letters)?;
                     }
                     // A bounded input behaves as a batch: its results come once, at the

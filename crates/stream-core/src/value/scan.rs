@@ -123,29 +123,58 @@ fn scalar_at(text: &str, i: usize) -> Option<(Value, usize)> {
         b't' => Some((Value::Bool(true), literal(b, i, b"true")?)),
         b'f' => Some((Value::Bool(false), literal(b, i, b"false")?)),
         b'n' => Some((Value::Null, literal(b, i, b"null")?)),
-        _ => {
-            let end = skip_number(b, i)?;
-            let raw = &text[i..end];
-            let digits = raw.strip_prefix('-').unwrap_or(raw);
-            if digits.len() > 18 || digits.contains(['e', 'E']) {
-                return None;
-            }
-            let value = if digits.contains('.') {
-                // Rust's float parsing is correctly rounded, as serde_json's
-                // `float_roundtrip` is.
-                Value::Double(raw.parse::<f64>().ok()?)
-            } else if raw == "-0" {
-                return None;
-            } else {
-                let n: i64 = raw.parse().ok()?;
-                match i32::try_from(n) {
-                    Ok(i) => Value::Int32(i),
-                    Err(_) => Value::Int64(n),
+        _ => number_at(b, i),
+    }
+}
+
+/// Exact powers of ten as doubles (10^22 is the largest one a double holds exactly).
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// An integer of up to 18 digits or a plain decimal (no exponent) starting at `i`.
+fn number_at(b: &[u8], i: usize) -> Option<(Value, usize)> {
+    let end = skip_number(b, i)?;
+    let (negative, digits) = match &b[i..end] {
+        [b'-', rest @ ..] => (true, rest),
+        raw => (false, raw),
+    };
+    let (mut mantissa, mut count, mut fraction, mut dot) = (0u64, 0usize, 0usize, false);
+    for &c in digits {
+        match c {
+            b'0'..=b'9' => {
+                mantissa = mantissa * 10 + u64::from(c - b'0');
+                count += 1;
+                fraction += usize::from(dot);
+                if count > 18 {
+                    return None; // might overflow: the full parser decides
                 }
-            };
-            Some((value, end))
+            }
+            b'.' => dot = true,
+            _ => return None, // an exponent
         }
     }
+    let value = if dot {
+        // Both operands are exact (mantissa < 2^53, power <= 10^22), so the one
+        // correctly rounded division gives the correctly rounded decimal, as
+        // serde_json's `float_roundtrip` does.
+        if mantissa >= 1 << 53 {
+            return None;
+        }
+        let magnitude = mantissa as f64 / POW10[fraction];
+        Value::Double(if negative { -magnitude } else { magnitude })
+    } else if negative && mantissa == 0 {
+        return None; // `-0`: the full parser decides
+    } else {
+        let n = mantissa as i64; // at most 18 digits: fits
+        let n = if negative { -n } else { n };
+        match i32::try_from(n) {
+            Ok(i) => Value::Int32(i),
+            Err(_) => Value::Int64(n),
+        }
+    };
+    Some((value, end))
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -405,6 +434,59 @@ mod tests {
                         assert_eq!(next_special(&s), naive(&s), "{s:?}");
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_read_in_one_pass_equal_the_full_parser() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..200_000 {
+            let r = next();
+            let digits = 1 + (r % 19) as usize;
+            let mantissa = next() % 10u64.pow(digits as u32);
+            let mut raw = format!("{mantissa:0digits$}");
+            if raw.len() > 1 && raw.starts_with('0') && r & 64 == 0 {
+                raw = raw.trim_start_matches('0').to_string();
+                if raw.is_empty() {
+                    raw = "0".into();
+                }
+            }
+            let point = (r >> 8) as usize % (raw.len() + 1);
+            if point > 0 && point < raw.len() && !raw.starts_with('0') {
+                raw.insert(point, '.');
+            }
+            if r & 128 != 0 {
+                raw.insert(0, '-');
+            }
+            let full = parse_value(&raw);
+            match number_at(raw.as_bytes(), 0) {
+                Some((fast, end)) => {
+                    assert_eq!(end, raw.len(), "{raw}");
+                    let full = full.unwrap_or_else(|e| {
+                        panic!("{raw}: fast path accepted, full parser says {e}")
+                    });
+                    match (&fast, &full) {
+                        (Value::Double(a), Value::Double(b)) => {
+                            assert_eq!(a.to_bits(), b.to_bits(), "{raw}")
+                        }
+                        _ => assert_eq!(format!("{fast:?}"), format!("{full:?}"), "{raw}"),
+                    }
+                }
+                None => assert!(
+                    (digits > 15 && raw.contains('.'))
+                        || digits > 18
+                        || raw.contains('e')
+                        || raw == "-0"
+                        || full.is_err(),
+                    "fast path gave up on {raw}"
+                ),
             }
         }
     }
