@@ -45,6 +45,7 @@ use tracing::{debug, info, warn};
 pub const CHECKPOINTS_KEPT: usize = 10;
 /// Pruning runs after every this many checkpoints (listing costs a round trip).
 const PRUNE_EVERY: u64 = 10;
+
 /// Why a pipeline stopped with an error.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RunError {
