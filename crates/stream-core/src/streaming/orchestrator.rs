@@ -40,6 +40,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+/// Checkpoints a pipeline keeps in its state store (older ones are pruned), so that an
+/// operator can go back a few with `StateStore::restore_checkpoint`.
+pub const CHECKPOINTS_KEPT: usize = 10;
+/// Pruning runs after every this many checkpoints (listing costs a round trip).
+const PRUNE_EVERY: u64 = 10;
+
 /// Why a pipeline stopped with an error.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RunError {
@@ -207,7 +213,7 @@ impl StreamingPipelineOrchestrator {
                     ),
                 )
             })?
-            .create(&def.state)?;
+            .create(&def.state, &def.pipeline_id)?;
         if def.source.time_field.is_some() || def.source.watermark.is_some() {
             let key = if def.source.time_field.is_some() {
                 "timeField"
@@ -1235,7 +1241,19 @@ impl Delivery {
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=10 {
             match self.store.save_checkpoint(cp).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    // Older checkpoints are only kept for `restore`: bound them.
+                    if cp.sequence.is_multiple_of(PRUNE_EVERY) {
+                        if let Err(e) = self
+                            .store
+                            .prune_checkpoints(&cp.pipeline_id, CHECKPOINTS_KEPT)
+                            .await
+                        {
+                            warn!(error = %e, "pruning old checkpoints failed; will retry later");
+                        }
+                    }
+                    return Ok(());
+                }
                 Err(StateError::Unavailable(m)) if attempt < 10 => {
                     warn!(error = %m, attempt, "saving the checkpoint failed; retrying");
                     tokio::time::sleep(delay).await;
