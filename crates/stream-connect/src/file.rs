@@ -18,11 +18,11 @@
 //! File I/O runs on tokio's blocking pool, one task per batch, through a 1 MiB buffered
 //! reader: the async runtime is never blocked by disk reads or writes.
 
-use crate::lines::{line_text, write_lines, READ_BUFFER};
+use crate::lines::{line_text, read_line, write_lines, READ_BUFFER};
 use crate::options::check_known;
 use async_trait::async_trait;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -244,7 +244,7 @@ impl TailedFile {
             let Some(reader) = self.reader.as_mut() else {
                 return Ok(true);
             };
-            let n = match reader.read_until(b'\n', &mut self.pending) {
+            let n = match read_line(reader, &mut self.pending) {
                 Ok(n) => n,
                 Err(e) => {
                     // Reopen at the last complete line next time: nothing is lost or repeated.
@@ -268,7 +268,8 @@ impl TailedFile {
     /// Hands out the line in `pending` (unless blank) and moves `offset` past it.
     fn take_line(&mut self, out: &mut Vec<Record>) {
         let end = self.offset + self.pending.len() as u64;
-        if let Some(text) = line_text(&self.pending, &self.name, self.offset) {
+        let line = std::mem::take(&mut self.pending);
+        if let Some(text) = line_text(line, &self.name, self.offset) {
             out.push(Record {
                 payload: Payload::Json(text),
                 partition: self.name.clone(),

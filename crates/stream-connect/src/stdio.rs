@@ -102,7 +102,8 @@ impl Source for StdinSource {
             }
             if !self.pending.is_empty() {
                 self.line += 1;
-                if let Some(text) = line_text(&self.pending, PARTITION, self.line) {
+                let line = std::mem::take(&mut self.pending);
+                if let Some(text) = line_text(line, PARTITION, self.line) {
                     records.push(Record {
                         payload: Payload::Json(text),
                         partition: Arc::from(PARTITION),

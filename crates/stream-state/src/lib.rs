@@ -8,15 +8,19 @@
 //! `"state": {"type": ..., "options": {...}}` and [`register_builtin`] makes them known to
 //! an orchestrator.
 //!
-//! | `type`   | module     | cargo feature      | survives                          |
-//! | -------- | ---------- | ------------------ | --------------------------------- |
-//! | `memory` | [`memory`] | always             | nothing (process lifetime)        |
-//! | `file`   | `file`     | `file` (default)   | `kill -9` and power loss          |
+//! | `type`     | module       | cargo feature      | survives / shared                      |
+//! | ---------- | ------------ | ------------------ | -------------------------------------- |
+//! | `memory`   | [`memory`]   | always             | nothing (process lifetime)             |
+//! | `file`     | `file`       | `file` (default)   | `kill -9`, power loss; one process     |
+//! | `redis`    | `redis`      | `redis`            | server restarts (with AOF); processes  |
+//! | `postgres` | `sql`        | `postgres`         | server crashes; processes and machines |
+//! | `sqlite`   | `sql`        | `sqlite`           | `kill -9`; processes of one machine    |
 //!
-//! Redis and SQL backends (state shared by several processes) will come as further
-//! modules behind their own features (`redis`, `sql`): each backend is one module with a
-//! store implementing `StateStore` and a `StateStoreProvider` for its `type`, and
-//! [`register_builtin`] registers the provider of every enabled feature.
+//! Each backend is one module with a store implementing `StateStore` and a
+//! `StateStoreProvider` for its `type`; [`register_builtin`] registers the provider of
+//! every enabled feature. The network backends retry every operation with backoff while
+//! their server is unreachable (`retryFor`, 30 s by default). `docs/state.md` says which
+//! backend suits which deployment and documents each one's options and layout.
 //!
 //! # The file backend
 //!
@@ -73,11 +77,21 @@
 #[cfg(feature = "file")]
 pub mod file;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(any(feature = "redis", feature = "sql"))]
+mod remote;
+#[cfg(feature = "sql")]
+pub mod sql;
 
 #[cfg(feature = "file")]
 pub use file::{FileStateStore, FileStateStoreOptions, FileStateStoreProvider, FileStoreError};
+#[cfg(feature = "redis")]
+pub use redis::{RedisStateStore, RedisStateStoreOptions, RedisStateStoreProvider};
+#[cfg(feature = "sql")]
+pub use sql::{SqlStateStore, SqlStateStoreOptions, SqlStateStoreProvider};
 
-use stream_core::streaming::StreamingPipelineOrchestrator;
+use stream_core::streaming::{ConnectorConfig, DefinitionError, StreamingPipelineOrchestrator};
 
 /// Registers every backend compiled into this crate with `orchestrator` (the `memory`
 /// store is registered by the orchestrator itself). Call it once per orchestrator: the
@@ -85,6 +99,43 @@ use stream_core::streaming::StreamingPipelineOrchestrator;
 pub fn register_builtin(orchestrator: &mut StreamingPipelineOrchestrator) {
     #[cfg(feature = "file")]
     orchestrator.register_state_store(std::sync::Arc::new(file::FileStateStoreProvider::new()));
-    #[cfg(not(feature = "file"))]
+    #[cfg(feature = "redis")]
+    orchestrator.register_state_store(std::sync::Arc::new(redis::RedisStateStoreProvider));
+    #[cfg(feature = "postgres")]
+    orchestrator.register_state_store(std::sync::Arc::new(SqlStateStoreProvider::postgres()));
+    #[cfg(feature = "sqlite")]
+    orchestrator.register_state_store(std::sync::Arc::new(SqlStateStoreProvider::sqlite()));
     let _ = orchestrator;
+}
+
+/// Wall-clock time in epoch milliseconds: expiry times, which must hold across restarts
+/// and between processes, use it.
+#[allow(dead_code)] // unused when only `memory` is compiled
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Rejects options a backend does not know (a typo must not silently fall back to a
+/// default), naming the option and the known ones.
+#[allow(dead_code)] // unused when no backend with options is enabled
+fn check_options(
+    config: &ConnectorConfig,
+    store_type: &str,
+    known: &[&str],
+) -> Result<(), DefinitionError> {
+    for (key, _) in config.options.iter() {
+        if !known.contains(&&**key) {
+            return Err(config.option_error(
+                key,
+                format!(
+                    "unknown option of the {store_type} state store (known: {})",
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

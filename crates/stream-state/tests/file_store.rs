@@ -579,31 +579,33 @@ async fn the_provider_opens_shares_and_validates() {
     };
     let provider = FileStateStoreProvider::new();
     assert_eq!(provider.store_type(), "file");
-    let a = provider.create(&config(&path)).unwrap();
+    let a = provider.create(&config(&path), "p").unwrap();
     // A second pipeline of the same process naming the same directory shares the store.
     let b = provider
-        .create(&config(&dir.path().join("state/../state")))
+        .create(&config(&dir.path().join("state/../state")), "p")
         .unwrap();
     a.put("shared", b"yes".to_vec(), None).await.unwrap();
     assert_eq!(b.get("shared").await.unwrap(), Some(b"yes".to_vec()));
 
     // Another provider (standing for another process) is refused, naming the option.
     let err = FileStateStoreProvider::new()
-        .create(&config(&path))
+        .create(&config(&path), "p")
         .unwrap_err();
     assert_eq!(err.path, "state.options.path");
     assert!(err.message.contains("is in use by"), "{}", err.message);
 
-    let err = provider.create(&ConnectorConfig::new("file")).unwrap_err();
+    let err = provider
+        .create(&ConnectorConfig::new("file"), "p")
+        .unwrap_err();
     assert!(err.message.contains("needs option 'path'"), "{err:?}");
     let mut typo = config(&path).option("compactionMinByte", 5);
     typo.path = "state".into();
-    let err = provider.create(&typo).unwrap_err();
+    let err = provider.create(&typo, "p").unwrap_err();
     assert_eq!(err.path, "state.options.compactionMinByte");
 
     drop((a, b));
     let again: Arc<dyn StateStore> = FileStateStoreProvider::new()
-        .create(&config(&path))
+        .create(&config(&path), "p")
         .unwrap();
     assert_eq!(again.get("shared").await.unwrap(), Some(b"yes".to_vec()));
 }

@@ -16,6 +16,7 @@
 //! | Kafka-protocol broker | `127.0.0.1:19092` | `SROTAX_TEST_KAFKA_BOOTSTRAP` |
 
 mod kafka;
+mod postgres;
 mod process;
 mod redis;
 
@@ -49,7 +50,11 @@ pub const BUILD_PACKAGES: &[&str] = &["cmake", "libcurl4-openssl-dev", "pkg-conf
 
 /// Every service, in start order.
 fn all() -> Vec<Box<dyn Service>> {
-    vec![Box::new(redis::Redis), Box::new(kafka::Kafka)]
+    vec![
+        Box::new(redis::Redis),
+        Box::new(postgres::Postgres),
+        Box::new(kafka::Kafka),
+    ]
 }
 
 fn state_dir(service: &dyn Service) -> PathBuf {
@@ -97,7 +102,12 @@ fn debian_package_installed(package: &str) -> bool {
 
 /// Starts every service (installing what it needs first).
 pub fn up() -> Result<()> {
-    for s in &all() {
+    up_only(&[])
+}
+
+/// Starts the named services (all when `names` is empty).
+fn up_only(names: &[String]) -> Result<()> {
+    for s in selected(names)? {
         ensure_debian_packages(s.debian_packages())?;
         let dir = state_dir(s.as_ref());
         std::fs::create_dir_all(&dir)?;
@@ -123,17 +133,39 @@ pub fn down() -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask services ...`
+/// The services called `names` (every service when empty).
+fn selected(names: &[String]) -> Result<Vec<Box<dyn Service>>> {
+    let all = all();
+    for n in names {
+        if !all.iter().any(|s| s.name() == n) {
+            let known: Vec<&str> = all.iter().map(|s| s.name()).collect();
+            bail!("unknown service {n} (known: {})", known.join(", "));
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|s| names.is_empty() || names.iter().any(|n| n == s.name()))
+        .collect())
+}
+
+/// `cargo xtask services up|down|status [SERVICE...]`
 pub fn command(args: &[String]) -> Result<()> {
-    let action = match args {
-        [a] if matches!(a.as_str(), "up" | "down" | "status") => a.as_str(),
-        _ => bail!("usage: cargo xtask services up|down|status"),
+    let (action, names) = match args {
+        [a, names @ ..] if matches!(a.as_str(), "up" | "down" | "status") => (a.as_str(), names),
+        _ => bail!("usage: cargo xtask services up|down|status [SERVICE...]"),
     };
     match action {
-        "up" => up(),
-        "down" => down(),
+        "up" => up_only(names),
+        "down" if names.is_empty() => down(),
+        "down" => {
+            for s in selected(names)? {
+                s.down(&state_dir(s.as_ref()))?;
+                println!("{}: stopped", s.name());
+            }
+            Ok(())
+        }
         _ => {
-            for s in &all() {
+            for s in selected(names)? {
                 println!("{}: {}", s.name(), s.status(&state_dir(s.as_ref()))?);
             }
             Ok(())

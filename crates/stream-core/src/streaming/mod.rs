@@ -32,6 +32,6 @@ pub use orchestrator::{
     StreamingPipelineOrchestrator,
 };
 pub use state::{
-    Checkpoint, MemoryStateStore, MemoryStateStoreProvider, StateError, StateStore,
-    StateStoreProvider,
+    checkpoints_to_prune, Checkpoint, MemoryStateStore, MemoryStateStoreProvider, StateError,
+    StateStore, StateStoreProvider,
 };

@@ -40,6 +40,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+/// Checkpoints a pipeline keeps in its state store (older ones are pruned), so that an
+/// operator can go back a few with `StateStore::restore_checkpoint`.
+pub const CHECKPOINTS_KEPT: usize = 10;
+/// Pruning runs after every this many checkpoints (listing costs a round trip).
+const PRUNE_EVERY: u64 = 10;
+
 /// Why a pipeline stopped with an error.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RunError {
@@ -210,7 +216,7 @@ impl StreamingPipelineOrchestrator {
                     ),
                 )
             })?
-            .create(&def.state)?;
+            .create(&def.state, &def.pipeline_id)?;
         if def.source.time_field.is_some() || def.source.watermark.is_some() {
             let key = if def.source.time_field.is_some() {
                 "timeField"
@@ -404,7 +410,7 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
     } else {
         p.store.load_checkpoint(&id).await?
     };
-    if let Some(cp) = restored.clone() {
+    if let Some(cp) = restored {
         info!(pipeline = %id, sequence = cp.sequence, "resuming from checkpoint");
         p.source
             .seek(&cp.positions)
@@ -499,7 +505,6 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
         listeners: p.listeners.clone(),
         sequence,
         transactional,
-        last_checkpoint: restored,
     };
     let sink_result = delivery.run(sink_rx, commit_tx).await;
     parse_task
@@ -527,11 +532,6 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
     })
 }
 
-/// Where the checkpoint before the latest is kept under exactly-once.
-fn previous_checkpoint_key(pipeline_id: &str) -> String {
-    format!("checkpoint.previous/{pipeline_id}")
-}
-
 /// Exactly-once restart: the checkpoint to resume from is the one whose positions equal
 /// what the sink's last committed transaction committed upstream (the source's
 /// committed positions): the latest checkpoint, or the one before it when the process
@@ -552,9 +552,7 @@ async fn transactional_checkpoint(p: &mut Parts) -> Result<Option<Checkpoint>, R
             ),
         )));
     };
-    let previous_key = previous_checkpoint_key(id);
     let Some(latest) = p.store.load_checkpoint(id).await? else {
-        p.store.delete(&previous_key).await?;
         if !committed.is_empty() {
             info!(pipeline = %id, "no checkpoint: resuming from the source's committed positions with empty state");
         }
@@ -569,19 +567,28 @@ async fn transactional_checkpoint(p: &mut Parts) -> Result<Option<Checkpoint>, R
     if matches(&latest.positions) {
         return Ok(Some(latest));
     }
-    let previous = match p.store.get(&previous_key).await? {
-        Some(bytes) => Some(Checkpoint::decode(&bytes, &previous_key)?),
+    // The checkpoint before the latest, from the store's history.
+    let previous = match p
+        .store
+        .list_checkpoints(id)
+        .await?
+        .into_iter()
+        .rfind(|s| *s < latest.sequence)
+    {
+        Some(sequence) => p.store.load_checkpoint_at(id, sequence).await?,
         None => None,
     };
     let empty = SourcePositions::new();
     if matches(previous.as_ref().map_or(&empty, |c| &c.positions)) {
         info!(pipeline = %id, sequence = latest.sequence, "the latest checkpoint's transaction was not committed: resuming from the one before");
-        match &previous {
-            Some(cp) => p.store.save_checkpoint(cp).await?,
-            None => p.store.clear_checkpoint(id).await?,
-        }
-        p.store.delete(&previous_key).await?;
-        return Ok(previous);
+        return Ok(match previous {
+            // Saved again as the latest, so the next run does not pick the bad one.
+            Some(cp) => Some(p.store.restore_checkpoint(id, cp.sequence).await?),
+            None => {
+                p.store.clear_checkpoint(id).await?;
+                None
+            }
+        });
     }
     Err(RunError::CheckpointMismatch(format!(
         "neither the latest checkpoint (sequence {}) nor the one before it has the positions the sink's last transaction committed upstream; the state store and the source disagree (run with --reset to start over)",
@@ -1151,9 +1158,6 @@ struct Delivery {
     sequence: u64,
     /// Exactly-once through the sink's transactions (see [`transactional_checkpoint`]).
     transactional: bool,
-    /// The last checkpoint saved or restored, kept as the previous one under
-    /// exactly-once.
-    last_checkpoint: Option<Checkpoint>,
 }
 
 impl Delivery {
@@ -1214,16 +1218,11 @@ impl Delivery {
         Ok(())
     }
 
-    /// Exactly-once: saves checkpoint N (keeping N-1 as the previous one), then commits
+    /// Exactly-once: saves checkpoint N (N-1 stays in the store's history), then commits
     /// the sink's transaction with N's positions, then opens the next transaction. A
     /// crash before the commit leaves N saved but the transaction aborted, and
     /// [`transactional_checkpoint`] then resumes from N-1.
     async fn commit_transaction(&mut self, cp: Checkpoint) -> Result<(), RunError> {
-        let previous_key = previous_checkpoint_key(&self.pipeline_id);
-        match &self.last_checkpoint {
-            Some(last) => self.store.put(&previous_key, last.encode(), None).await?,
-            None => self.store.delete(&previous_key).await?,
-        }
         self.save_checkpoint(&cp).await?;
         self.sink
             .commit(&cp.positions)
@@ -1231,7 +1230,6 @@ impl Delivery {
             .map_err(RunError::Sink)?;
         self.metrics.add_checkpoint();
         self.context.set_checkpoint(cp.sequence, &cp.positions);
-        self.last_checkpoint = Some(cp);
         self.sink.begin().await.map_err(RunError::Sink)
     }
 
@@ -1351,7 +1349,19 @@ impl Delivery {
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=10 {
             match self.store.save_checkpoint(cp).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    // Older checkpoints are only kept for `restore`: bound them.
+                    if cp.sequence.is_multiple_of(PRUNE_EVERY) {
+                        if let Err(e) = self
+                            .store
+                            .prune_checkpoints(&cp.pipeline_id, CHECKPOINTS_KEPT)
+                            .await
+                        {
+                            warn!(error = %e, "pruning old checkpoints failed; will retry later");
+                        }
+                    }
+                    return Ok(());
+                }
                 Err(StateError::Unavailable(m)) if attempt < 10 => {
                     warn!(error = %m, attempt, "saving the checkpoint failed; retrying");
                     tokio::time::sleep(delay).await;

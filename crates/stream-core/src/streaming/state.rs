@@ -6,7 +6,7 @@ use super::connector::SourcePositions;
 use super::definition::{ConnectorConfig, DefinitionError};
 use crate::value::{parse_document, Document, ExtJsonMode, Value};
 use async_trait::async_trait;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +20,13 @@ pub enum StateError {
     /// Stored data is unreadable (corrupt or truncated); names what is broken.
     #[error("state store data is corrupt: {0}")]
     Corrupt(String),
+    /// A named thing (e.g. a checkpoint sequence asked for by `restore`) does not exist.
+    #[error("not found in the state store: {0}")]
+    NotFound(String),
+    /// The backend rejected the operation (wrong type, permission, schema); retrying
+    /// will not help.
+    #[error("state store rejected the operation: {0}")]
+    Rejected(String),
 }
 
 /// What a checkpoint holds: everything needed to resume after a restart.
@@ -111,13 +118,69 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     async fn delete(&self, key: &str) -> Result<(), StateError>;
     /// Every live `(key, value)` whose key starts with `prefix`, sorted by key.
     async fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StateError>;
+    /// Stores every `(key, value)` of `entries`, all with the same `ttl`, in as few round
+    /// trips as the backend allows (one pipeline, transaction or lock). Saving a
+    /// partition's keyed state on rebalance is one call. Entries are moved in, so
+    /// in-process stores keep them without copying. The default calls `put` per entry.
+    async fn put_batch(
+        &self,
+        entries: Vec<(String, Vec<u8>)>,
+        ttl: Option<Duration>,
+    ) -> Result<(), StateError> {
+        for (key, value) in entries {
+            self.put(&key, value, ttl).await?;
+        }
+        Ok(())
+    }
     /// Stores a checkpoint atomically: after a crash at any moment, `load_checkpoint`
-    /// returns either this checkpoint or the previous one, never a mix.
+    /// returns either this checkpoint or the previous one, never a mix. Its id is its
+    /// `sequence`; saving the same sequence again replaces that checkpoint.
     async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StateError>;
-    /// The latest checkpoint of a pipeline.
+    /// The latest checkpoint of a pipeline (the one with the highest sequence).
     async fn load_checkpoint(&self, pipeline_id: &str) -> Result<Option<Checkpoint>, StateError>;
+    /// The checkpoint of a pipeline with this sequence, if it is still stored.
+    async fn load_checkpoint_at(
+        &self,
+        pipeline_id: &str,
+        sequence: u64,
+    ) -> Result<Option<Checkpoint>, StateError>;
+    /// The sequences of a pipeline's stored checkpoints, oldest first.
+    async fn list_checkpoints(&self, pipeline_id: &str) -> Result<Vec<u64>, StateError>;
+    /// Deletes all but the newest `keep` checkpoints of a pipeline (the latest is always
+    /// kept, even with `keep == 0`); returns how many were deleted.
+    async fn prune_checkpoints(&self, pipeline_id: &str, keep: usize) -> Result<usize, StateError>;
     /// Forgets a pipeline's checkpoints (`srotax run --reset`).
     async fn clear_checkpoint(&self, pipeline_id: &str) -> Result<(), StateError>;
+    /// Makes checkpoint `sequence` the one the next run resumes from, by saving a copy of
+    /// it as a new latest checkpoint (older and newer ones stay listed). Returns the copy.
+    async fn restore_checkpoint(
+        &self,
+        pipeline_id: &str,
+        sequence: u64,
+    ) -> Result<Checkpoint, StateError> {
+        let old = self
+            .load_checkpoint_at(pipeline_id, sequence)
+            .await?
+            .ok_or_else(|| {
+                StateError::NotFound(format!(
+                    "checkpoint {sequence} of pipeline '{pipeline_id}' (see list_checkpoints)"
+                ))
+            })?;
+        let latest = self.list_checkpoints(pipeline_id).await?.last().copied();
+        let restored = Checkpoint {
+            sequence: latest.unwrap_or(sequence) + 1,
+            created_at: chrono::Utc::now().timestamp_millis(),
+            ..old
+        };
+        self.save_checkpoint(&restored).await?;
+        Ok(restored)
+    }
+}
+
+/// The sequences to delete so that only the newest `keep` (at least one) of `sequences`
+/// (sorted ascending) remain: a helper for [`StateStore::prune_checkpoints`].
+pub fn checkpoints_to_prune(sequences: &[u64], keep: usize) -> &[u64] {
+    &sequences[..sequences.len().saturating_sub(keep.max(1))]
 }
 
 /// In-process state: fast, shared by clones, gone when the process ends.
@@ -128,8 +191,11 @@ pub struct MemoryStateStore {
 
 #[derive(Debug, Default)]
 struct MemoryInner {
-    entries: HashMap<String, (Vec<u8>, Option<Instant>)>,
-    checkpoints: HashMap<String, Vec<u8>>,
+    /// foldhash: several times faster than SipHash on short keys; keys come from the
+    /// pipeline's own operators, not from an attacker choosing collisions.
+    entries: HashMap<String, (Vec<u8>, Option<Instant>), foldhash::fast::RandomState>,
+    /// Per pipeline: sequence → encoded checkpoint.
+    checkpoints: HashMap<String, BTreeMap<u64, Vec<u8>>>,
     puts_since_sweep: usize,
 }
 
@@ -200,18 +266,77 @@ impl StateStore for MemoryStateStore {
         Ok(out)
     }
 
+    async fn put_batch(
+        &self,
+        entries: Vec<(String, Vec<u8>)>,
+        ttl: Option<Duration>,
+    ) -> Result<(), StateError> {
+        let expiry = ttl.map(|t| Instant::now() + t);
+        let mut inner = self.lock();
+        inner.entries.reserve(entries.len());
+        for (key, value) in entries {
+            inner.entries.insert(key, (value, expiry));
+        }
+        Ok(())
+    }
+
     async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StateError> {
         self.lock()
             .checkpoints
-            .insert(checkpoint.pipeline_id.clone(), checkpoint.encode());
+            .entry(checkpoint.pipeline_id.clone())
+            .or_default()
+            .insert(checkpoint.sequence, checkpoint.encode());
         Ok(())
     }
 
     async fn load_checkpoint(&self, pipeline_id: &str) -> Result<Option<Checkpoint>, StateError> {
-        let bytes = self.lock().checkpoints.get(pipeline_id).cloned();
+        let bytes = self
+            .lock()
+            .checkpoints
+            .get(pipeline_id)
+            .and_then(|h| h.last_key_value())
+            .map(|(_, b)| b.clone());
         bytes
             .map(|b| Checkpoint::decode(&b, "memory checkpoint"))
             .transpose()
+    }
+
+    async fn load_checkpoint_at(
+        &self,
+        pipeline_id: &str,
+        sequence: u64,
+    ) -> Result<Option<Checkpoint>, StateError> {
+        let bytes = self
+            .lock()
+            .checkpoints
+            .get(pipeline_id)
+            .and_then(|h| h.get(&sequence))
+            .cloned();
+        bytes
+            .map(|b| Checkpoint::decode(&b, "memory checkpoint"))
+            .transpose()
+    }
+
+    async fn list_checkpoints(&self, pipeline_id: &str) -> Result<Vec<u64>, StateError> {
+        Ok(self
+            .lock()
+            .checkpoints
+            .get(pipeline_id)
+            .map(|h| h.keys().copied().collect())
+            .unwrap_or_default())
+    }
+
+    async fn prune_checkpoints(&self, pipeline_id: &str, keep: usize) -> Result<usize, StateError> {
+        let mut inner = self.lock();
+        let Some(history) = inner.checkpoints.get_mut(pipeline_id) else {
+            return Ok(0);
+        };
+        let sequences: Vec<u64> = history.keys().copied().collect();
+        let doomed = checkpoints_to_prune(&sequences, keep);
+        for s in doomed {
+            history.remove(s);
+        }
+        Ok(doomed.len())
     }
 
     async fn clear_checkpoint(&self, pipeline_id: &str) -> Result<(), StateError> {
@@ -224,8 +349,13 @@ impl StateStore for MemoryStateStore {
 pub trait StateStoreProvider: Send + Sync {
     /// The `type` this provider answers to, e.g. `file`.
     fn store_type(&self) -> &str;
-    /// Builds the store described by `config`.
-    fn create(&self, config: &ConnectorConfig) -> Result<Arc<dyn StateStore>, DefinitionError>;
+    /// Builds the store described by `config` for pipeline `pipeline_id` (backends shared
+    /// by several pipelines use it to keep each pipeline's keyed entries apart).
+    fn create(
+        &self,
+        config: &ConnectorConfig,
+        pipeline_id: &str,
+    ) -> Result<Arc<dyn StateStore>, DefinitionError>;
 }
 
 /// The `memory` state store provider.
@@ -238,7 +368,11 @@ impl StateStoreProvider for MemoryStateStoreProvider {
     fn store_type(&self) -> &str {
         "memory"
     }
-    fn create(&self, _config: &ConnectorConfig) -> Result<Arc<dyn StateStore>, DefinitionError> {
+    fn create(
+        &self,
+        _config: &ConnectorConfig,
+        _pipeline_id: &str,
+    ) -> Result<Arc<dyn StateStore>, DefinitionError> {
         // Pipelines in one process share the provider's store, so a pipeline restarted
         // in-process resumes from its checkpoint.
         Ok(Arc::new(self.store.clone()))

@@ -1,5 +1,9 @@
 //! Checkpoint files: `<pipeline>.checkpoint` (latest) and `<pipeline>.checkpoint.prev`
 //! (the one before), each a 20-byte header followed by [`Checkpoint::encode`]'s bytes.
+//! Every saved checkpoint is also hard-linked as `<pipeline>.history/<sequence>.checkpoint`
+//! (20 digits, so names sort by sequence) for `list`, `load_at` and `prune`; a link costs
+//! no copy, and a crash before it is made only leaves that checkpoint out of the history
+//! (the listing adds the current checkpoint).
 //!
 //! ```text
 //! offset 0   magic    b"SRXCKP\0\x01"   (format version 1)
@@ -9,7 +13,10 @@
 //! ```
 
 use super::error::FileStoreError;
-use super::fsutil::{fsync_dir, read_if_exists, remove_if_exists, rename, write_synced};
+use super::fsutil::{
+    ensure_dir, fsync_dir, read_if_exists, remove_if_exists, rename, write_synced,
+};
+use std::fs;
 use std::path::{Path, PathBuf};
 use stream_core::streaming::Checkpoint;
 use tracing::{info, warn};
@@ -23,6 +30,7 @@ pub(crate) const MAX_ID_LEN: usize = 200;
 pub(crate) const CURRENT_SUFFIX: &str = ".checkpoint";
 pub(crate) const PREVIOUS_SUFFIX: &str = ".checkpoint.prev";
 pub(crate) const TEMP_SUFFIX: &str = ".checkpoint.tmp";
+const HISTORY_SUFFIX: &str = ".history";
 
 /// Rejects ids that are not plain file names.
 pub(crate) fn validate_pipeline_id(id: &str) -> Result<(), FileStoreError> {
@@ -38,11 +46,13 @@ pub(crate) fn validate_pipeline_id(id: &str) -> Result<(), FileStoreError> {
     }
 }
 
-/// The three file names of one pipeline's checkpoints.
+/// The file names of one pipeline's checkpoints.
 pub(crate) struct CheckpointFiles {
     pub(crate) current: PathBuf,
     pub(crate) previous: PathBuf,
     pub(crate) temp: PathBuf,
+    /// Directory of hard links, one per saved sequence.
+    pub(crate) history: PathBuf,
 }
 
 impl CheckpointFiles {
@@ -52,7 +62,35 @@ impl CheckpointFiles {
             current: dir.join(format!("{pipeline_id}{CURRENT_SUFFIX}")),
             previous: dir.join(format!("{pipeline_id}{PREVIOUS_SUFFIX}")),
             temp: dir.join(format!("{pipeline_id}{TEMP_SUFFIX}")),
+            history: dir.join(format!("{pipeline_id}{HISTORY_SUFFIX}")),
         })
+    }
+
+    fn history_file(&self, sequence: u64) -> PathBuf {
+        self.history.join(format!("{sequence:020}{CURRENT_SUFFIX}"))
+    }
+
+    /// Sequences in the history directory, ascending.
+    fn history_sequences(&self) -> Result<Vec<u64>, FileStoreError> {
+        let entries = match fs::read_dir(&self.history) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(FileStoreError::io("list", &self.history, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| FileStoreError::io("list", &self.history, e))?;
+            let name = entry.file_name();
+            let sequence = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(CURRENT_SUFFIX))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(sequence) = sequence {
+                out.push(sequence);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
     }
 }
 
@@ -137,9 +175,11 @@ fn read_checkpoint(path: &Path, pipeline_id: &str) -> Result<Option<Checkpoint>,
 /// Every intermediate state on disk holds a complete checkpoint: before the first rename
 /// `current` is the old one; between the renames only `prev` (the old one) exists, which
 /// [`load`] falls back to; afterwards `current` is the new one.
+/// Then links the new `current` into the history.
 pub(crate) fn save(
     dir: &Path,
     files: &CheckpointFiles,
+    sequence: u64,
     payload: &[u8],
 ) -> Result<(), FileStoreError> {
     let header = frame(payload);
@@ -148,7 +188,52 @@ pub(crate) fn save(
         rename(&files.current, &files.previous)?;
     }
     rename(&files.temp, &files.current)?;
-    fsync_dir(dir)
+    fsync_dir(dir)?;
+    ensure_dir(&files.history)?;
+    let link = files.history_file(sequence);
+    remove_if_exists(&link)?;
+    fs::hard_link(&files.current, &link).map_err(|e| FileStoreError::io("link", &link, e))?;
+    fsync_dir(&files.history)
+}
+
+/// Sequences of the stored checkpoints, ascending: the history plus the latest (which a
+/// crash may have left out of the history).
+pub(crate) fn list(files: &CheckpointFiles, pipeline_id: &str) -> Result<Vec<u64>, FileStoreError> {
+    let mut sequences = files.history_sequences()?;
+    if let Some(latest) = load(files, pipeline_id)? {
+        if let Err(at) = sequences.binary_search(&latest.sequence) {
+            sequences.insert(at, latest.sequence);
+        }
+    }
+    Ok(sequences)
+}
+
+/// The checkpoint with this sequence: from the history, else the latest if it matches.
+pub(crate) fn load_at(
+    files: &CheckpointFiles,
+    pipeline_id: &str,
+    sequence: u64,
+) -> Result<Option<Checkpoint>, FileStoreError> {
+    if let Some(cp) = read_checkpoint(&files.history_file(sequence), pipeline_id)? {
+        return Ok(Some(cp));
+    }
+    Ok(load(files, pipeline_id)?.filter(|cp| cp.sequence == sequence))
+}
+
+/// Deletes history links of all but the newest `keep` checkpoints (`current` and `prev`
+/// stay, being the latest two). Counts only the history (not reading `current`), so
+/// after a crash that left the latest out of it one more is kept.
+pub(crate) fn prune(files: &CheckpointFiles, keep: usize) -> Result<usize, FileStoreError> {
+    let all = files.history_sequences()?;
+    let doomed = stream_core::streaming::checkpoints_to_prune(&all, keep);
+    let mut removed = 0;
+    for &sequence in doomed {
+        removed += usize::from(remove_if_exists(&files.history_file(sequence))?);
+    }
+    if removed > 0 {
+        fsync_dir(&files.history)?;
+    }
+    Ok(doomed.len())
 }
 
 /// The latest checkpoint: `current`, or `prev` when a crash happened between the two
@@ -201,6 +286,11 @@ pub(crate) fn clear(dir: &Path, files: &CheckpointFiles) -> Result<(), FileStore
     let mut removed = false;
     for path in [&files.current, &files.previous, &files.temp] {
         removed |= remove_if_exists(path)?;
+    }
+    match fs::remove_dir_all(&files.history) {
+        Ok(()) => removed = true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(FileStoreError::io("remove", &files.history, e)),
     }
     if removed {
         fsync_dir(dir)?;

@@ -29,6 +29,7 @@ mod log;
 pub use error::FileStoreError;
 pub use log::LogStats;
 
+use crate::now_ms;
 use checkpoint::CheckpointFiles;
 use fsutil::DirLock;
 use log::KeyedLog;
@@ -37,7 +38,7 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use stream_core::streaming::{
     Checkpoint, ConnectorConfig, DefinitionError, StateError, StateStore, StateStoreProvider,
 };
@@ -84,13 +85,6 @@ impl fmt::Debug for FileStateStore {
             .field("dir", &self.shared.dir)
             .finish()
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn expiry(ttl: Option<Duration>, now: i64) -> Option<i64> {
@@ -171,29 +165,33 @@ impl Shared {
         Ok(())
     }
 
-    fn save_checkpoint(&self, pipeline_id: &str, payload: &[u8]) -> Result<(), FileStoreError> {
+    fn save_checkpoint(
+        &self,
+        pipeline_id: &str,
+        sequence: u64,
+        payload: &[u8],
+    ) -> Result<(), FileStoreError> {
         let files = CheckpointFiles::new(&self.dir, pipeline_id)?;
         // Keyed entries written before the checkpoint must be on disk before it is.
         self.sync_log()?;
         {
             let _guard = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
-            checkpoint::save(&self.dir, &files, payload)?;
+            checkpoint::save(&self.dir, &files, sequence, payload)?;
         }
         debug!(pipeline = pipeline_id, dir = %self.dir.display(), "checkpoint saved");
         self.log()?.maybe_compact(now_ms());
         Ok(())
     }
 
-    fn load_checkpoint(&self, pipeline_id: &str) -> Result<Option<Checkpoint>, FileStoreError> {
+    /// Runs `f` on a pipeline's checkpoint files, serialised with saves.
+    fn with_checkpoints<T>(
+        &self,
+        pipeline_id: &str,
+        f: impl FnOnce(&CheckpointFiles) -> Result<T, FileStoreError>,
+    ) -> Result<T, FileStoreError> {
         let files = CheckpointFiles::new(&self.dir, pipeline_id)?;
         let _guard = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
-        checkpoint::load(&files, pipeline_id)
-    }
-
-    fn clear_checkpoint(&self, pipeline_id: &str) -> Result<(), FileStoreError> {
-        let files = CheckpointFiles::new(&self.dir, pipeline_id)?;
-        let _guard = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
-        checkpoint::clear(&self.dir, &files)
+        f(&files)
     }
 }
 
@@ -261,23 +259,61 @@ impl StateStore for FileStateStore {
         Ok(self.shared.log()?.scan(prefix, now_ms()))
     }
 
+    async fn put_batch(
+        &self,
+        entries: Vec<(String, Vec<u8>)>,
+        ttl: Option<Duration>,
+    ) -> Result<(), StateError> {
+        let now = now_ms();
+        let mut log = self.shared.log()?;
+        for (key, value) in entries {
+            log.put(&key, value, expiry(ttl, now), now)?;
+        }
+        Ok(())
+    }
+
     async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StateError> {
         let shared = self.shared.clone();
         let id = checkpoint.pipeline_id.clone();
+        let sequence = checkpoint.sequence;
         let payload = checkpoint.encode();
-        blocking(move || shared.save_checkpoint(&id, &payload)).await
+        blocking(move || shared.save_checkpoint(&id, sequence, &payload)).await
     }
 
     async fn load_checkpoint(&self, pipeline_id: &str) -> Result<Option<Checkpoint>, StateError> {
         let shared = self.shared.clone();
         let id = pipeline_id.to_string();
-        blocking(move || shared.load_checkpoint(&id)).await
+        blocking(move || shared.with_checkpoints(&id, |f| checkpoint::load(f, &id))).await
+    }
+
+    async fn load_checkpoint_at(
+        &self,
+        pipeline_id: &str,
+        sequence: u64,
+    ) -> Result<Option<Checkpoint>, StateError> {
+        let shared = self.shared.clone();
+        let id = pipeline_id.to_string();
+        blocking(move || shared.with_checkpoints(&id, |f| checkpoint::load_at(f, &id, sequence)))
+            .await
+    }
+
+    async fn list_checkpoints(&self, pipeline_id: &str) -> Result<Vec<u64>, StateError> {
+        let shared = self.shared.clone();
+        let id = pipeline_id.to_string();
+        blocking(move || shared.with_checkpoints(&id, |f| checkpoint::list(f, &id))).await
+    }
+
+    async fn prune_checkpoints(&self, pipeline_id: &str, keep: usize) -> Result<usize, StateError> {
+        let shared = self.shared.clone();
+        let id = pipeline_id.to_string();
+        blocking(move || shared.with_checkpoints(&id, |f| checkpoint::prune(f, keep))).await
     }
 
     async fn clear_checkpoint(&self, pipeline_id: &str) -> Result<(), StateError> {
         let shared = self.shared.clone();
         let id = pipeline_id.to_string();
-        blocking(move || shared.clear_checkpoint(&id)).await
+        let dir = self.shared.dir.clone();
+        blocking(move || shared.with_checkpoints(&id, |f| checkpoint::clear(&dir, f))).await
     }
 }
 
@@ -312,18 +348,12 @@ impl StateStoreProvider for FileStateStoreProvider {
         "file"
     }
 
-    fn create(&self, config: &ConnectorConfig) -> Result<Arc<dyn StateStore>, DefinitionError> {
-        for (key, _) in config.options.iter() {
-            if !OPTIONS.contains(&&**key) {
-                return Err(config.option_error(
-                    key,
-                    format!(
-                        "unknown option of the file state store (known: {})",
-                        OPTIONS.join(", ")
-                    ),
-                ));
-            }
-        }
+    fn create(
+        &self,
+        config: &ConnectorConfig,
+        _pipeline_id: &str,
+    ) -> Result<Arc<dyn StateStore>, DefinitionError> {
+        crate::check_options(config, "file", &OPTIONS)?;
         let path = config.required_str("path")?;
         if path.is_empty() {
             return Err(config.option_error("path", "the state directory must not be empty"));
