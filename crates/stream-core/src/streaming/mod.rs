@@ -14,6 +14,7 @@ pub mod error_policy;
 pub mod metrics;
 pub mod orchestrator;
 pub mod state;
+pub mod watermark;
 
 pub use connector::{
     ConnectorContext, ConnectorError, ConnectorProvider, ConnectorRegistry, ErrorKind, Payload,
@@ -31,6 +32,7 @@ pub use orchestrator::{
     PipelineStatus, RunError, RunOptions, RunSummary, StreamingPipelineHandle,
     StreamingPipelineOrchestrator,
 };
+pub use watermark::{EventTimeConfig, WatermarkConfig, WatermarkTracker};
 pub use state::{
     checkpoints_to_prune, Checkpoint, MemoryStateStore, MemoryStateStoreProvider, StateError,
     StateStore, StateStoreProvider,
