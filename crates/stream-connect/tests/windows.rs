@@ -27,13 +27,17 @@ const WINDOWED: &str = r#"[
 fn event_time_source(name: &str) -> ConnectorConfig {
     let mut source = memory(name);
     source.time_field = Some(Value::string("$t"));
-    source.watermark = Some(
-        stream_core::value::parse_value(r#"{"boundedOutOfOrderness": "2 seconds"}"#).unwrap(),
-    );
+    source.watermark =
+        Some(stream_core::value::parse_value(r#"{"boundedOutOfOrderness": "2 seconds"}"#).unwrap());
     source
 }
 
-fn definition(id: &str, input: &str, output: &str, state: ConnectorConfig) -> StreamingPipelineDefinition {
+fn definition(
+    id: &str,
+    input: &str,
+    output: &str,
+    state: ConnectorConfig,
+) -> StreamingPipelineDefinition {
     StreamingPipelineDefinition::builder(id)
         .source(event_time_source(input))
         .sink(memory(output))
@@ -139,7 +143,10 @@ async fn a_checkpoint_mid_window_restores_to_the_uninterrupted_output() {
     run_until(&registry_orchestrator, &def, &hub, input, &first).await;
     assert_eq!(json(&hub.documents(output)), expected()[..2].to_vec());
     let summary = run_until(&registry_orchestrator, &def, &hub, input, &second).await;
-    assert_eq!(summary.metrics.records_in, 4, "only the second half is read");
+    assert_eq!(
+        summary.metrics.records_in, 4,
+        "only the second half is read"
+    );
     assert_eq!(json(&hub.documents(output)), expected());
     assert_eq!(summary.metrics.late_events, 1);
 }
@@ -182,7 +189,11 @@ async fn late_events_go_to_the_dead_letter_sink_with_reason_late() {
     let dead = read_lines(&dlq);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0].contains(r#""reason":"late""#), "{}", dead[0]);
-    assert!(dead[0].contains(r#""document":{"ts":{"$date":"2024-03-01T00:00:02Z"},"v":4}"#), "{}", dead[0]);
+    assert!(
+        dead[0].contains(r#""document":{"ts":{"$date":"2024-03-01T00:00:02Z"},"v":4}"#),
+        "{}",
+        dead[0]
+    );
     assert_eq!(summary.metrics.dead_lettered, 1);
 }
 

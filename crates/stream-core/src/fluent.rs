@@ -83,7 +83,6 @@ fn millis(d: Duration) -> Value {
     Value::Document(v)
 }
 
-
 impl Window {
     fn new(name: &'static str, fields: &[(&str, Value)]) -> Window {
         let mut spec = Document::new();
@@ -369,7 +368,12 @@ impl Stage for FnStage {
     fn name(&self) -> &'static str {
         "$map"
     }
-    fn process(&mut self, doc: Document, _env: &Env, out: &mut Vec<Document>) -> Result<(), EvalError> {
+    fn process(
+        &mut self,
+        doc: Document,
+        _env: &Env,
+        out: &mut Vec<Document>,
+    ) -> Result<(), EvalError> {
         out.extend((self.f)(doc));
         Ok(())
     }
@@ -432,7 +436,12 @@ impl Stage for KeyedProcess {
         "$keyedProcess"
     }
 
-    fn process(&mut self, doc: Document, env: &Env, out: &mut Vec<Document>) -> Result<(), EvalError> {
+    fn process(
+        &mut self,
+        doc: Document,
+        env: &Env,
+        out: &mut Vec<Document>,
+    ) -> Result<(), EvalError> {
         let key = self.key.eval(&Ctx::new(&doc, env))?.into_owned();
         let now = chrono::Utc::now().timestamp_millis();
         self.state.expire(now);
@@ -453,7 +462,12 @@ impl Stage for KeyedProcess {
         })
     }
 
-    fn on_processing_time(&mut self, now: i64, _env: &Env, _out: &mut Vec<Document>) -> Result<(), EvalError> {
+    fn on_processing_time(
+        &mut self,
+        now: i64,
+        _env: &Env,
+        _out: &mut Vec<Document>,
+    ) -> Result<(), EvalError> {
         self.state.expire(now);
         Ok(())
     }

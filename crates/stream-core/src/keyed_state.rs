@@ -69,7 +69,12 @@ impl KeyedState {
     }
 
     /// Replaces the value under `key` by `f(current)`; `None` deletes it.
-    pub fn update(&mut self, key: Value, now: i64, f: impl FnOnce(Option<&Value>) -> Option<Value>) {
+    pub fn update(
+        &mut self,
+        key: Value,
+        now: i64,
+        f: impl FnOnce(Option<&Value>) -> Option<Value>,
+    ) {
         match f(self.get(&key, now)) {
             Some(v) => self.put(key, v, now),
             None => {
@@ -133,7 +138,12 @@ impl KeyedState {
 
     /// Restores [`KeyedState::checkpoint_state`], keeping this state's TTL setting.
     pub fn restore_state(&mut self, state: &Value) -> Result<(), EvalError> {
-        let bad = || EvalError::new(format!("invalid keyed state in the checkpoint: {}", state.to_json()));
+        let bad = || {
+            EvalError::new(format!(
+                "invalid keyed state in the checkpoint: {}",
+                state.to_json()
+            ))
+        };
         let mut restored = KeyedState {
             ttl_ms: self.ttl_ms,
             ..KeyedState::default()
@@ -175,11 +185,20 @@ mod tests {
         let mut s = KeyedState::new();
         s.put(Value::Int32(1), Value::string("a"), 0);
         // Numeric keys follow MongoDB equality.
-        assert_eq!(s.get(&Value::Double(1.0), 0).and_then(Value::as_str), Some("a"));
+        assert_eq!(
+            s.get(&Value::Double(1.0), 0).and_then(Value::as_str),
+            Some("a")
+        );
         s.update(Value::Int32(1), 0, |v| {
-            Some(Value::string(format!("{}b", v.and_then(Value::as_str).unwrap_or(""))))
+            Some(Value::string(format!(
+                "{}b",
+                v.and_then(Value::as_str).unwrap_or("")
+            )))
         });
-        assert_eq!(s.get(&Value::Int32(1), 5).and_then(Value::as_str), Some("ab"));
+        assert_eq!(
+            s.get(&Value::Int32(1), 5).and_then(Value::as_str),
+            Some("ab")
+        );
         assert!(s.delete(&Value::Int32(1)).is_some());
         assert!(s.is_empty());
     }
@@ -192,7 +211,11 @@ mod tests {
         s.put(Value::string("old"), Value::Int32(3), 60); // a write restarts the TTL
         assert_eq!(s.expire(150), 1, "only 'new' (written at 50) expired");
         assert!(s.get(&Value::string("new"), 150).is_none());
-        assert_eq!(s.get(&Value::string("old"), 150).and_then(Value::as_i64_exact), Some(3));
+        assert_eq!(
+            s.get(&Value::string("old"), 150)
+                .and_then(Value::as_i64_exact),
+            Some(3)
+        );
         // Expired but not yet removed: never returned.
         assert!(s.get(&Value::string("old"), 160).is_none());
         assert_eq!(s.len(), 1);
@@ -207,7 +230,10 @@ mod tests {
         s.put(Value::string("b"), Value::Int32(2), 5);
         let mut r = KeyedState::with_ttl(10);
         r.restore_state(&s.checkpoint_state()).unwrap();
-        assert_eq!(r.checkpoint_state().to_json(), s.checkpoint_state().to_json());
+        assert_eq!(
+            r.checkpoint_state().to_json(),
+            s.checkpoint_state().to_json()
+        );
         assert_eq!(r.expire(10), 1);
         assert_eq!(r.len(), 1);
     }

@@ -54,7 +54,11 @@ fn a_windowed_keyed_aggregate_is_the_json_window_stage() {
     let (a, b) = (built.run(orders()), from_json.run(orders()));
     assert!(a.errors.is_empty(), "{:?}", a.errors);
     assert_eq!(json(&a.documents), json(&b.documents));
-    assert_eq!(a.documents.len(), 3, "EU and US in [0, 60 s), EU in [60 s, 120 s)");
+    assert_eq!(
+        a.documents.len(),
+        3,
+        "EU and US in [0, 60 s), EU in [60 s, 120 s)"
+    );
 }
 
 #[test]
@@ -64,7 +68,10 @@ fn group_by_and_sliding_and_session_windows_compile_to_their_stages() {
         .unwrap();
     assert_eq!(s.build().stage_names(), vec!["$group"]);
     let s = DataStream::new()
-        .window(Window::sliding(Duration::from_secs(10), Duration::from_secs(5)).allowed_lateness(Duration::from_secs(1)))
+        .window(
+            Window::sliding(Duration::from_secs(10), Duration::from_secs(5))
+                .allowed_lateness(Duration::from_secs(1)),
+        )
         .aggregate(&[Agg::count("n")])
         .unwrap();
     assert_eq!(s.build().stage_names(), vec!["$hoppingWindow"]);
@@ -118,7 +125,10 @@ fn keyed_reduce_keeps_state_per_key_and_checkpoints_it() {
     resumed.restore_state(&state).unwrap();
     resumed.push(input[3].clone(), &mut out, &mut errors);
     assert!(errors.is_empty());
-    let amounts: Vec<String> = out.iter().map(|d| d.get("amount").unwrap().to_json()).collect();
+    let amounts: Vec<String> = out
+        .iter()
+        .map(|d| d.get("amount").unwrap().to_json())
+        .collect();
     assert_eq!(amounts, vec!["5", "7", "14.0", "25.0"]);
 }
 
@@ -128,7 +138,11 @@ fn keyed_state_with_ttl_expires_keys_that_never_come_back() {
         .key_by("$region")
         .ttl(Duration::from_millis(50))
         .process(|state, doc, out| {
-            state.update(|v| Some(Value::Int64(v.and_then(Value::as_i64_exact).unwrap_or(0) + 1)));
+            state.update(|v| {
+                Some(Value::Int64(
+                    v.and_then(Value::as_i64_exact).unwrap_or(0) + 1,
+                ))
+            });
             out.push(doc);
             Ok(())
         })

@@ -148,7 +148,11 @@ fn late_events_go_to_the_side_output_when_asked() {
     let mut run = p.start();
     drive(
         &mut run,
-        &[Ok((12_000, r#"{"k": "a", "v": 1}"#)), Err(10_000), Ok((3_000, r#"{"k": "late", "v": 9}"#))],
+        &[
+            Ok((12_000, r#"{"k": "a", "v": 1}"#)),
+            Err(10_000),
+            Ok((3_000, r#"{"k": "late", "v": 9}"#)),
+        ],
     );
     let mut late = Vec::new();
     run.take_late(&mut late);
@@ -191,7 +195,10 @@ fn hopping_windows_overlap() {
         json(&r.documents),
         vec![
             format!(r#"{{"_id":null,"ts":[7000],{}}}"#, meta(0, 10_000)),
-            format!(r#"{{"_id":null,"ts":[7000,12000],{}}}"#, meta(5_000, 15_000)),
+            format!(
+                r#"{{"_id":null,"ts":[7000,12000],{}}}"#,
+                meta(5_000, 15_000)
+            ),
             format!(r#"{{"_id":null,"ts":[12000],{}}}"#, meta(10_000, 20_000)),
         ]
     );
@@ -218,7 +225,10 @@ fn sessions_merge_when_an_event_bridges_them() {
         json(&r.documents),
         vec![
             format!(r#"{{"_id":"b","ts":[1000],{}}}"#, meta(1_000, 6_000)),
-            format!(r#"{{"_id":"a","ts":[0,3000,6000,9000],{}}}"#, meta(0, 14_000)),
+            format!(
+                r#"{{"_id":"a","ts":[0,3000,6000,9000],{}}}"#,
+                meta(0, 14_000)
+            ),
             format!(r#"{{"_id":"a","ts":[20000],{}}}"#, meta(20_000, 25_000)),
         ]
     );
@@ -244,7 +254,10 @@ fn window_state_survives_a_checkpoint_mid_window() {
 
     let mut first = p.start();
     let mut got = drive(&mut first, steps_a);
-    let state = first.checkpoint_state().unwrap().expect("windows checkpoint");
+    let state = first
+        .checkpoint_state()
+        .unwrap()
+        .expect("windows checkpoint");
     let mut second = p.start();
     second.restore_state(&state).unwrap();
     got.extend(drive(&mut second, steps_b));
@@ -256,13 +269,23 @@ fn window_state_survives_a_checkpoint_mid_window() {
 #[test]
 fn invalid_window_specs_name_their_path() {
     let err = |spec: &str| Pipeline::compile_json(spec).unwrap_err().to_string();
-    let e = err(r#"[{"$tumblingWindow": {"interval": {"size": 0, "unit": "second"}, "pipeline": []}}]"#);
-    assert!(e.contains("pipeline[0].$tumblingWindow.interval.size"), "{e}");
-    let e = err(r#"[{"$hoppingWindow": {"interval": {"size": 1, "unit": "second"}, "hopSize": {"size": 2, "unit": "second"}, "pipeline": []}}]"#);
+    let e = err(
+        r#"[{"$tumblingWindow": {"interval": {"size": 0, "unit": "second"}, "pipeline": []}}]"#,
+    );
+    assert!(
+        e.contains("pipeline[0].$tumblingWindow.interval.size"),
+        "{e}"
+    );
+    let e = err(
+        r#"[{"$hoppingWindow": {"interval": {"size": 1, "unit": "second"}, "hopSize": {"size": 2, "unit": "second"}, "pipeline": []}}]"#,
+    );
     assert!(e.contains("hopSize must not exceed"), "{e}");
-    let e = err(r#"[{"$sessionWindow": {"gap": {"size": 1, "unit": "fortnight"}, "pipeline": []}}]"#);
+    let e =
+        err(r#"[{"$sessionWindow": {"gap": {"size": 1, "unit": "fortnight"}, "pipeline": []}}]"#);
     assert!(e.contains("gap.unit"), "{e}");
-    let e = err(r#"[{"$tumblingWindow": {"interval": {"size": 1, "unit": "second"}, "pipeline": [{"$sessionWindow": {}}]}}]"#);
+    let e = err(
+        r#"[{"$tumblingWindow": {"interval": {"size": 1, "unit": "second"}, "pipeline": [{"$sessionWindow": {}}]}}]"#,
+    );
     assert!(e.contains("cannot be nested"), "{e}");
 }
 
@@ -271,7 +294,11 @@ fn batch_mode_without_a_time_field_reports_each_document() {
     let p = tumbling("");
     let r = p.run(docs(&[r#"{"k": "a"}"#]));
     assert_eq!(r.errors.len(), 1);
-    assert!(r.errors[0].to_string().contains("no event time"), "{}", r.errors[0]);
+    assert!(
+        r.errors[0].to_string().contains("no event time"),
+        "{}",
+        r.errors[0]
+    );
 }
 
 mod properties {
@@ -282,7 +309,11 @@ mod properties {
     fn windows_of(out: &[Document]) -> Vec<(i64, i64, Vec<i64>)> {
         out.iter()
             .map(|d| {
-                let w = d.get_path("_stream_meta.window").unwrap().as_document().unwrap();
+                let w = d
+                    .get_path("_stream_meta.window")
+                    .unwrap()
+                    .as_document()
+                    .unwrap();
                 let ms = |k: &str| match w.get(k) {
                     Some(Value::Date(ms)) => *ms,
                     other => panic!("{other:?}"),
@@ -298,7 +329,9 @@ mod properties {
         times
             .iter()
             .enumerate()
-            .map(|(i, t)| parse_document(&format!(r#"{{"id": {i}, "t": {t}, "k": {}}}"#, i % 3)).unwrap())
+            .map(|(i, t)| {
+                parse_document(&format!(r#"{{"id": {i}, "t": {t}, "k": {}}}"#, i % 3)).unwrap()
+            })
             .collect()
     }
 

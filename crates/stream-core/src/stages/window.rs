@@ -161,10 +161,6 @@ impl WindowStage {
         }
     }
 
-    fn size(&self) -> i64 {
-        self.config.size
-    }
-
     fn event_time(&self, doc: &Document, env: &Env) -> Result<i64, EvalError> {
         let name = self.config.name;
         if self.config.processing_time {
@@ -186,31 +182,20 @@ impl WindowStage {
         })
     }
 
-    fn start_run(&self, env: &Env) -> Content {
-        match self.config.kind {
-            Kind::Session { .. } => Content::Docs(Vec::new()),
-            _ => Content::Run(self.config.start_inner(env), Vec::new()),
-        }
-    }
-
-    /// Window starts containing `t`, earliest first.
-    fn starts(&self, t: i64) -> Vec<i64> {
-        let (size, offset) = (self.size(), self.config.offset);
+    /// The first and last window starts containing `t`, and the step between starts.
+    fn starts(&self, t: i64) -> (i64, i64, i64) {
+        let (size, offset) = (self.config.size, self.config.offset);
         let step = match self.config.kind {
             Kind::Hopping { hop } => hop,
             _ => size,
         };
         let last = (t - offset).div_euclid(step) * step + offset;
-        let mut starts = Vec::with_capacity((size / step) as usize + 1);
-        let mut s = last;
-        while s + size > t {
-            starts.push(s);
-            s -= step;
-        }
-        starts.reverse();
-        starts
+        let first = last - (size - 1 - (t - last)).div_euclid(step) * step;
+        (first, last, step)
     }
 
+    /// Adds a document to its tumbling or hopping windows; false when every one of
+    /// them is closed beyond `allowedLateness` (the event is late).
     fn add_to_ranges(
         &mut self,
         doc: Document,
@@ -219,28 +204,29 @@ impl WindowStage {
         env: &Env,
         out: &mut Vec<Document>,
     ) -> Result<bool, EvalError> {
-        let lateness = self.config.allowed_lateness;
-        let starts: Vec<i64> = self
-            .starts(t)
-            .into_iter()
-            .filter(|s| s + self.size() + lateness > self.watermark)
-            .collect();
-        let Some((&last, rest)) = starts.split_last() else {
+        let (size, lateness) = (self.config.size, self.config.allowed_lateness);
+        let (mut first, last, step) = self.starts(t);
+        // Windows closed beyond their allowed lateness take nothing more.
+        while first <= last && first + size + lateness <= self.watermark {
+            first += step;
+        }
+        if first > last {
             return Ok(false);
-        };
+        }
         let mut first_error = None;
         let mut doc = Some(doc);
-        for &start in rest.iter().chain(std::iter::once(&last)) {
+        let mut start = first;
+        while start <= last {
             let d = if start == last {
                 doc.take().unwrap_or_default()
             } else {
-                doc.as_ref().cloned().unwrap_or_default()
+                doc.clone().unwrap_or_default()
             };
-            let content = self.start_run(env);
             let panes = self.ranges.entry(start).or_default();
             let i = match panes.index.get(&HashableValue(key.clone())) {
                 Some(&i) => i,
                 None => {
+                    let content = Content::Run(self.config.start_inner(env), Vec::new());
                     panes
                         .index
                         .insert(HashableValue(key.clone()), panes.panes.len());
@@ -258,9 +244,9 @@ impl WindowStage {
             }
             if pane.fired {
                 // A late update within allowedLateness: emit the updated result now.
-                let end = start + self.config.size;
-                emit_pane(&self.config, pane, start, end, true, env, out)?;
+                emit_pane(&self.config, pane, start, start + size, true, env, out)?;
             }
+            start += step;
         }
         first_error.map_or(Ok(true), Err)
     }
@@ -295,7 +281,10 @@ impl WindowStage {
             end = end.max(s.end);
         }
         if end + self.config.allowed_lateness <= self.watermark {
-            *sessions = std::mem::take(sessions).into_iter().chain(merging).collect();
+            *sessions = std::mem::take(sessions)
+                .into_iter()
+                .chain(merging)
+                .collect();
             sessions.sort_by_key(|s| s.start);
             return Ok(false);
         }
@@ -327,7 +316,12 @@ impl WindowStage {
 
     /// Emits the windows whose end the watermark passed and drops those past their
     /// allowed lateness.
-    fn advance(&mut self, watermark: i64, env: &Env, out: &mut Vec<Document>) -> Result<(), EvalError> {
+    fn advance(
+        &mut self,
+        watermark: i64,
+        env: &Env,
+        out: &mut Vec<Document>,
+    ) -> Result<(), EvalError> {
         if watermark <= self.watermark {
             return Ok(());
         }
@@ -371,7 +365,15 @@ impl WindowStage {
         for (k, mut s) in due {
             let keep = s.end + lateness > watermark;
             if !s.pane.fired {
-                record(emit_pane(&config, &mut s.pane, s.start, s.end, keep, env, out));
+                record(emit_pane(
+                    &config,
+                    &mut s.pane,
+                    s.start,
+                    s.end,
+                    keep,
+                    env,
+                    out,
+                ));
             }
             if keep {
                 self.sessions[k].1.push(s);
@@ -586,7 +588,11 @@ impl Stage for WindowStage {
                     .next_back()
                     .map(|s| s + self.config.size)
                     .into_iter()
-                    .chain(self.sessions.iter().flat_map(|(_, s)| s.iter().map(|s| s.end)))
+                    .chain(
+                        self.sessions
+                            .iter()
+                            .flat_map(|(_, s)| s.iter().map(|s| s.end)),
+                    )
                     .max();
                 match max_end {
                     Some(end) => self.advance(end, env, out),
@@ -630,7 +636,9 @@ impl Stage for WindowStage {
                 }
                 Content::Docs(docs) => Value::Array(
                     docs.iter()
-                        .map(|(t, d)| Value::Array(vec![Value::Int64(*t), Value::Document(d.clone())]))
+                        .map(|(t, d)| {
+                            Value::Array(vec![Value::Int64(*t), Value::Document(d.clone())])
+                        })
                         .collect(),
                 ),
             };
@@ -694,7 +702,8 @@ impl Stage for WindowStage {
                     Content::Docs(docs)
                 }
                 _ => {
-                    let Some([Value::Array(states), Value::Array(held)]) = content.as_array() else {
+                    let Some([Value::Array(states), Value::Array(held)]) = content.as_array()
+                    else {
                         return Err(invalid_state(name, w));
                     };
                     let mut run = self.config.start_inner(&env);
@@ -849,14 +858,16 @@ fn compile_window(
         if !allowed.contains(&k.as_str()) {
             return Err(CompileError::new(
                 path_key(path, k),
-                format!("unknown {name} option '{k}' (expected one of: {})", allowed.join(", ")),
+                format!(
+                    "unknown {name} option '{k}' (expected one of: {})",
+                    allowed.join(", ")
+                ),
             ));
         }
     }
     let required = |key: &str| {
-        d.get(key).ok_or_else(|| {
-            CompileError::new(path, format!("{name} needs '{key}'"))
-        })
+        d.get(key)
+            .ok_or_else(|| CompileError::new(path, format!("{name} needs '{key}'")))
     };
     let optional_duration = |key: &str| -> Result<Option<i64>, CompileError> {
         d.get(key)
@@ -902,7 +913,10 @@ fn compile_window(
         Some(other) => {
             return Err(CompileError::new(
                 path_key(path, "lateData"),
-                format!("expected \"drop\" or \"sideOutput\", found {}", other.to_json()),
+                format!(
+                    "expected \"drop\" or \"sideOutput\", found {}",
+                    other.to_json()
+                ),
             ))
         }
     };

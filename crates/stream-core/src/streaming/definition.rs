@@ -817,7 +817,11 @@ pub(super) fn expect_object<'v>(v: &'v Value, path: &str) -> Result<&'v Document
     })
 }
 
-pub(super) fn check_keys(d: &Document, path: &str, allowed: &[&str]) -> Result<(), DefinitionError> {
+pub(super) fn check_keys(
+    d: &Document,
+    path: &str,
+    allowed: &[&str],
+) -> Result<(), DefinitionError> {
     for k in d.keys() {
         if !allowed.contains(&k.as_str()) {
             return Err(DefinitionError::new(

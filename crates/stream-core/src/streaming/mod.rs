@@ -32,8 +32,8 @@ pub use orchestrator::{
     PipelineStatus, RunError, RunOptions, RunSummary, StreamingPipelineHandle,
     StreamingPipelineOrchestrator,
 };
-pub use watermark::{EventTimeConfig, WatermarkConfig, WatermarkTracker};
 pub use state::{
     checkpoints_to_prune, Checkpoint, MemoryStateStore, MemoryStateStoreProvider, StateError,
     StateStore, StateStoreProvider,
 };
+pub use watermark::{EventTimeConfig, WatermarkConfig, WatermarkTracker};

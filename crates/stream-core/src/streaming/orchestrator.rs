@@ -33,8 +33,8 @@ use super::state::{
 use super::watermark::{EventTimeConfig, WatermarkTracker};
 use crate::error::StageError;
 use crate::expr::{Ctx, Env, Expr};
-use crate::stages::time_millis;
 use crate::pipeline::{Pipeline, PipelineRun, StageStats};
+use crate::stages::time_millis;
 use crate::value::{parse_document, parse_document_fields, Document, Str, Value};
 use rayon::prelude::*;
 use std::collections::HashMap;

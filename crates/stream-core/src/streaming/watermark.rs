@@ -106,7 +106,9 @@ impl WatermarkConfig {
         )?;
         let duration = |key: &str| -> Result<Option<Duration>, DefinitionError> {
             d.get(key)
-                .map(|v| duration_setting(v).map_err(|m| DefinitionError::new(path_key(path, key), m)))
+                .map(|v| {
+                    duration_setting(v).map_err(|m| DefinitionError::new(path_key(path, key), m))
+                })
                 .transpose()
         };
         let mut config = WatermarkConfig::default();
@@ -187,7 +189,10 @@ impl WatermarkTracker {
     /// partitions when every one is idle), never lower than before. `None` before any
     /// record.
     pub fn watermark(&mut self, now: Instant) -> Option<i64> {
-        let own = |c: &PartitionClock| c.max_event_time.saturating_sub(self.config.out_of_orderness_ms);
+        let own = |c: &PartitionClock| {
+            c.max_event_time
+                .saturating_sub(self.config.out_of_orderness_ms)
+        };
         let active = self.partitions.values().filter(|c| {
             self.config
                 .partition_idle_timeout
@@ -219,7 +224,12 @@ impl WatermarkTracker {
     /// Restores [`WatermarkTracker::checkpoint_state`]; restored partitions count as
     /// active from `now`.
     pub fn restore_state(&mut self, state: &Value, now: Instant) -> Result<(), String> {
-        let bad = || format!("invalid watermark state in the checkpoint: {}", state.to_json());
+        let bad = || {
+            format!(
+                "invalid watermark state in the checkpoint: {}",
+                state.to_json()
+            )
+        };
         let d = state.as_document().ok_or_else(bad)?;
         self.current = match d.get("current") {
             Some(Value::Int64(n)) => Some(*n),
@@ -227,8 +237,15 @@ impl WatermarkTracker {
             Some(_) => return Err(bad()),
         };
         self.partitions.clear();
-        for (p, v) in d.get("partitions").and_then(Value::as_document).ok_or_else(bad)?.iter() {
-            let Value::Int64(t) = v else { return Err(bad()) };
+        for (p, v) in d
+            .get("partitions")
+            .and_then(Value::as_document)
+            .ok_or_else(bad)?
+            .iter()
+        {
+            let Value::Int64(t) = v else {
+                return Err(bad());
+            };
             self.observe(p, *t, now);
         }
         Ok(())
@@ -288,6 +305,9 @@ mod tests {
         let mut u = tracker(0, None);
         u.restore_state(&t.checkpoint_state(), now).unwrap();
         assert_eq!(u.watermark(now), Some(7));
-        assert_eq!(u.checkpoint_state().to_json(), t.checkpoint_state().to_json());
+        assert_eq!(
+            u.checkpoint_state().to_json(),
+            t.checkpoint_state().to_json()
+        );
     }
 }
