@@ -40,7 +40,7 @@ pub(crate) const STAGES: &[(&str, StageCompileFn)] = &[
 ];
 
 /// Stage names of this family (window stages may not nest).
-pub(crate) const WINDOW_STAGES: &[&str] = &["$tumblingWindow", "$hoppingWindow", "$sessionWindow"];
+const WINDOW_STAGES: &[&str] = &["$tumblingWindow", "$hoppingWindow", "$sessionWindow"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {

@@ -1081,15 +1081,14 @@ impl Processing {
         out: &mut Vec<Document>,
         dead_letters: &mut Vec<Document>,
     ) -> Result<(), RunError> {
-        let Some(tracker) = self.tracker.as_mut() else {
-            return Ok(());
-        };
         let mut errors = Vec::new();
-        if self.last_watermark.elapsed() >= tracker.config().emit_interval {
-            self.last_watermark = Instant::now();
-            if let Some(wm) = tracker.watermark(Instant::now()) {
-                self.metrics.set_watermark(wm);
-                run.advance_watermark(wm, out, &mut errors);
+        if let Some(tracker) = self.tracker.as_mut() {
+            if self.last_watermark.elapsed() >= tracker.config().emit_interval {
+                self.last_watermark = Instant::now();
+                if let Some(wm) = tracker.watermark(Instant::now()) {
+                    self.metrics.set_watermark(wm);
+                    run.advance_watermark(wm, out, &mut errors);
+                }
             }
         }
         run.advance_processing_time(chrono::Utc::now().timestamp_millis(), out, &mut errors);
