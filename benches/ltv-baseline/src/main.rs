@@ -34,7 +34,10 @@ struct Ltv<'a> {
     lifetime_value: f64,
 }
 
-fn baseline(input: &Path, output: &Path) -> Result<(), Box<dyn std::error::Error>> {
+type Outcome = Result<(), Box<dyn std::error::Error>>;
+type Program = fn(&Path, &Path) -> Outcome;
+
+fn baseline(input: &Path, output: &Path) -> Outcome {
     let reader = BufReader::with_capacity(1 << 20, std::fs::File::open(input)?);
     let mut groups: HashMap<String, (i64, f64)> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
@@ -100,7 +103,7 @@ struct WindowRow<'a> {
 
 const WINDOW_MS: i64 = 60_000;
 
-fn windows(input: &Path, output: &Path) -> Result<(), Box<dyn std::error::Error>> {
+fn windows(input: &Path, output: &Path) -> Outcome {
     let reader = BufReader::with_capacity(1 << 20, std::fs::File::open(input)?);
     let mut out = BufWriter::new(std::fs::File::create(output)?);
     // The open window: its start and (region → count, sum) in first-seen order.
@@ -146,17 +149,13 @@ fn windows(input: &Path, output: &Path) -> Result<(), Box<dyn std::error::Error>
     if let Some(s) = current {
         flush(s, &mut groups)?;
     }
-    drop(flush);
     out.flush()?;
     Ok(())
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (run, rest): (
-        fn(&Path, &Path) -> Result<(), Box<dyn std::error::Error>>,
-        &[String],
-    ) = match args.split_first() {
+    let (run, rest): (Program, &[String]) = match args.split_first() {
         Some((flag, rest)) if flag == "--windows" => (windows, rest),
         _ => (baseline, &args),
     };

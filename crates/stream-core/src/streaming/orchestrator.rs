@@ -1052,7 +1052,7 @@ impl Processing {
     fn side_output_late(
         &mut self,
         run: &mut PipelineRun,
-        partition: &Str,
+        partition: &str,
         position: &Value,
         dead_letters: &mut Vec<Document>,
     ) {

@@ -23,6 +23,7 @@ use crate::error::path_key;
 use crate::expr::{compile_expr, CompileCtx, Expr};
 use crate::value::{Document, Str, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The source's event-time settings (`timeField`, `watermark`).
@@ -141,7 +142,7 @@ impl WatermarkConfig {
 #[derive(Debug)]
 pub struct WatermarkTracker {
     config: WatermarkConfig,
-    partitions: BTreeMap<Str, PartitionClock>,
+    partitions: BTreeMap<Arc<str>, PartitionClock>,
     current: Option<i64>,
 }
 
@@ -167,8 +168,8 @@ impl WatermarkTracker {
     }
 
     /// A record of `partition` with event time `t` arrived at `now`.
-    pub fn observe(&mut self, partition: &Str, t: i64, now: Instant) {
-        match self.partitions.get_mut(partition) {
+    pub fn observe(&mut self, partition: &Arc<str>, t: i64, now: Instant) {
+        match self.partitions.get_mut(&**partition) {
             Some(c) => {
                 c.max_event_time = c.max_event_time.max(t);
                 c.last_record = now;
@@ -213,7 +214,7 @@ impl WatermarkTracker {
     pub fn checkpoint_state(&self) -> Value {
         let mut partitions = Document::with_capacity(self.partitions.len());
         for (p, c) in &self.partitions {
-            partitions.push_unchecked(p.clone(), Value::Int64(c.max_event_time));
+            partitions.push_unchecked(&**p, Value::Int64(c.max_event_time));
         }
         let mut d = Document::with_capacity(2);
         d.push_unchecked("current", self.current.map_or(Value::Null, Value::Int64));
@@ -246,7 +247,7 @@ impl WatermarkTracker {
             let Value::Int64(t) = v else {
                 return Err(bad());
             };
-            self.observe(p, *t, now);
+            self.observe(&Arc::from(p.as_str()), *t, now);
         }
         Ok(())
     }
@@ -269,14 +270,14 @@ mod tests {
         let mut t = tracker(5, None);
         let now = Instant::now();
         assert_eq!(t.watermark(now), None);
-        t.observe(&Str::from("p0"), 100, now);
-        t.observe(&Str::from("p1"), 40, now);
-        t.observe(&Str::from("p0"), 90, now);
+        t.observe(&Arc::<str>::from("p0"), 100, now);
+        t.observe(&Arc::<str>::from("p1"), 40, now);
+        t.observe(&Arc::<str>::from("p0"), 90, now);
         assert_eq!(t.watermark(now), Some(35));
-        t.observe(&Str::from("p1"), 200, now);
+        t.observe(&Arc::<str>::from("p1"), 200, now);
         assert_eq!(t.watermark(now), Some(95));
         // Never goes back, even if the out-of-order event is old.
-        t.observe(&Str::from("p2"), 10, now);
+        t.observe(&Arc::<str>::from("p2"), 10, now);
         assert_eq!(t.watermark(now), Some(95));
     }
 
@@ -284,11 +285,11 @@ mod tests {
     fn idle_partitions_stop_holding_the_watermark() {
         let mut t = tracker(0, Some(50));
         let start = Instant::now();
-        t.observe(&Str::from("busy"), 1_000, start);
-        t.observe(&Str::from("quiet"), 10, start);
+        t.observe(&Arc::<str>::from("busy"), 1_000, start);
+        t.observe(&Arc::<str>::from("quiet"), 10, start);
         assert_eq!(t.watermark(start), Some(10));
         let later = start + Duration::from_millis(60);
-        t.observe(&Str::from("busy"), 2_000, later);
+        t.observe(&Arc::<str>::from("busy"), 2_000, later);
         assert_eq!(t.watermark(later), Some(2_000));
         // When every partition is idle the watermark is the highest of them.
         let much_later = later + Duration::from_millis(100);
@@ -299,8 +300,8 @@ mod tests {
     fn state_round_trips() {
         let mut t = tracker(0, None);
         let now = Instant::now();
-        t.observe(&Str::from("a"), 7, now);
-        t.observe(&Str::from("b"), 9, now);
+        t.observe(&Arc::<str>::from("a"), 7, now);
+        t.observe(&Arc::<str>::from("b"), 9, now);
         t.watermark(now);
         let mut u = tracker(0, None);
         u.restore_state(&t.checkpoint_state(), now).unwrap();
