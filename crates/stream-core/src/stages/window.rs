@@ -223,8 +223,15 @@ impl WindowStage {
                 doc.clone().unwrap_or_default()
             };
             let panes = self.ranges.entry(start).or_default();
-            let i = match panes.index.get(&HashableValue(key.clone())) {
-                Some(&i) => i,
+            // Without partitionBy a window has one pane: no hashing needed.
+            let single = panes.panes.len() == 1 && panes.panes[0].key.identical(&key);
+            let found = if single {
+                Some(0)
+            } else {
+                panes.index.get(&HashableValue(key.clone())).copied()
+            };
+            let i = match found {
+                Some(i) => i,
                 None => {
                     let content = Content::Run(self.config.start_inner(env), Vec::new());
                     panes

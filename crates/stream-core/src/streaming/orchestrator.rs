@@ -502,6 +502,7 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
         prefix_stats: Vec::new(),
         tracker,
         last_watermark: Instant::now(),
+        batch_started: Instant::now(),
     };
     let process_task =
         tokio::task::spawn_blocking(move || processing.run(run, positions, work_rx, sink_tx));
@@ -644,6 +645,9 @@ struct Processing {
     tracker: Option<WatermarkTracker>,
     /// When the watermark was last advanced (for `emitInterval`).
     last_watermark: Instant,
+    /// When the current micro-batch started processing (the arrival time the watermark
+    /// tracker records: reading the clock per record would cost more than it tells).
+    batch_started: Instant,
 }
 
 /// Parses record payloads and runs the pipeline's stateless prefix on a worker pool,
@@ -718,7 +722,16 @@ impl Parser {
         let (time_field, env) = (self.time_field.as_ref(), &self.env);
         let parse_one = |r: Record, prefix: Option<&mut PipelineRun>| {
             let (document, raw) = match r.payload {
-                Payload::Document(d) => (Ok(d), None),
+                // A document source (generator, memory) gives whole documents: drop
+                // the fields the pipeline never reads here, on the workers, rather than
+                // carry (and, in hopping windows, copy) them through every stage. The
+                // error policy's copy of the original keeps them all.
+                Payload::Document(mut d) => {
+                    if let (Some(f), false) = (fields, keep_original) {
+                        d.retain(|k, _| f.contains(k));
+                    }
+                    (Ok(d), None)
+                }
                 Payload::Json(text) => {
                     let doc = match fields {
                         Some(f) => parse_document_fields(&text, f),
@@ -861,6 +874,7 @@ impl Processing {
                 return Ok(Ending::Stopped);
             };
             let started = Instant::now();
+            self.batch_started = started;
             let mut out = Vec::new();
             let mut dead_letters = Vec::new();
             let ending = match msg {
@@ -988,7 +1002,7 @@ impl Processing {
             let t = item
                 .event_time
                 .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
-            tracker.observe(&item.partition, t, Instant::now());
+            tracker.observe(&item.partition, t, self.batch_started);
             run.set_event_time(Some(t));
         }
         match ready {

@@ -22,7 +22,6 @@ use super::definition::{check_keys, duration_setting, ConnectorConfig, Definitio
 use crate::error::path_key;
 use crate::expr::{compile_expr, CompileCtx, Expr};
 use crate::value::{Document, Str, Value};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -142,12 +141,15 @@ impl WatermarkConfig {
 #[derive(Debug)]
 pub struct WatermarkTracker {
     config: WatermarkConfig,
-    partitions: BTreeMap<Arc<str>, PartitionClock>,
+    /// Partitions in first-seen order: few, and found by pointer first (every record of
+    /// a partition shares its name's `Arc`).
+    partitions: Vec<PartitionClock>,
     current: Option<i64>,
 }
 
 #[derive(Debug)]
 struct PartitionClock {
+    name: Arc<str>,
     max_event_time: i64,
     last_record: Instant,
 }
@@ -157,7 +159,7 @@ impl WatermarkTracker {
     pub fn new(config: WatermarkConfig) -> Self {
         WatermarkTracker {
             config,
-            partitions: BTreeMap::new(),
+            partitions: Vec::new(),
             current: None,
         }
     }
@@ -169,20 +171,25 @@ impl WatermarkTracker {
 
     /// A record of `partition` with event time `t` arrived at `now`.
     pub fn observe(&mut self, partition: &Arc<str>, t: i64, now: Instant) {
-        match self.partitions.get_mut(&**partition) {
-            Some(c) => {
+        let found = match self
+            .partitions
+            .iter()
+            .position(|c| Arc::ptr_eq(&c.name, partition))
+        {
+            Some(i) => Some(i),
+            None => self.partitions.iter().position(|c| c.name == *partition),
+        };
+        match found {
+            Some(i) => {
+                let c = &mut self.partitions[i];
                 c.max_event_time = c.max_event_time.max(t);
                 c.last_record = now;
             }
-            None => {
-                self.partitions.insert(
-                    partition.clone(),
-                    PartitionClock {
-                        max_event_time: t,
-                        last_record: now,
-                    },
-                );
-            }
+            None => self.partitions.push(PartitionClock {
+                name: partition.clone(),
+                max_event_time: t,
+                last_record: now,
+            }),
         }
     }
 
@@ -194,7 +201,7 @@ impl WatermarkTracker {
             c.max_event_time
                 .saturating_sub(self.config.out_of_orderness_ms)
         };
-        let active = self.partitions.values().filter(|c| {
+        let active = self.partitions.iter().filter(|c| {
             self.config
                 .partition_idle_timeout
                 .is_none_or(|idle| now.duration_since(c.last_record) < idle)
@@ -202,7 +209,7 @@ impl WatermarkTracker {
         let combined = active
             .map(own)
             .min()
-            .or_else(|| self.partitions.values().map(own).max());
+            .or_else(|| self.partitions.iter().map(own).max());
         self.current = match (self.current, combined) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -213,8 +220,8 @@ impl WatermarkTracker {
     /// `{current, partitions: {name: highest event time}}` for a checkpoint.
     pub fn checkpoint_state(&self) -> Value {
         let mut partitions = Document::with_capacity(self.partitions.len());
-        for (p, c) in &self.partitions {
-            partitions.push_unchecked(&**p, Value::Int64(c.max_event_time));
+        for c in &self.partitions {
+            partitions.push_unchecked(&*c.name, Value::Int64(c.max_event_time));
         }
         let mut d = Document::with_capacity(2);
         d.push_unchecked("current", self.current.map_or(Value::Null, Value::Int64));
