@@ -4,8 +4,10 @@
 //!
 //! A stage receives documents one at a time through [`Stage::process`] and may emit any
 //! number of documents; blocking stages (`$group`, `$sort`, ...) buffer and emit from
-//! [`Stage::finish`] when the input ends. Each family of stages lives in its own module
-//! and exports a `STAGES` table of `(name, compile function)`.
+//! [`Stage::finish`] when the input ends. Window stages emit when event time advances
+//! ([`Stage::on_watermark`]) or processing time does ([`Stage::on_processing_time`]).
+//! Each family of stages lives in its own module and exports a `STAGES` table of
+//! `(name, compile function)`.
 
 mod basic;
 mod bucket;
