@@ -1,4 +1,4 @@
-//! `cargo xtask bench [engine|streaming] [ARGS...]`: the benchmarks.
+//! `cargo xtask bench [engine|streaming|state|windows] [ARGS...]`: the benchmarks.
 //!
 //! - `engine`: stream-core's criterion benchmarks (`cargo bench -p stream-core`), extra
 //!   arguments passed through (e.g. a filter, or `-- --save-baseline main`).
@@ -7,10 +7,12 @@
 //! - `state`: stream-state's criterion benchmarks (`cargo bench -p stream-state`: every
 //!   state backend), after `redis-benchmark -P 16` against the same Redis as the
 //!   baseline. Needs `cargo xtask services up`.
+//! - `windows`: event-time windows through `srotax run` against a hand-written baseline,
+//!   and Nexmark q5 (see `bench_windows.rs`).
 //!
 //! Without a name, all run.
 
-use crate::{bench_streaming, cargo, run_cmd};
+use crate::{bench_streaming, bench_windows, cargo, run_cmd};
 use anyhow::Result;
 
 /// Runs the selected benchmarks.
@@ -19,10 +21,12 @@ pub fn run(args: &[String]) -> Result<()> {
         Some((first, rest)) if first == "engine" => engine(rest),
         Some((first, _)) if first == "streaming" => bench_streaming::run(),
         Some((first, rest)) if first == "state" => state(rest),
+        Some((first, _)) if first == "windows" => bench_windows::run(),
         _ => {
             engine(args)?;
             bench_streaming::run()?;
-            state(&[])
+            state(&[])?;
+            bench_windows::run()
         }
     }
 }

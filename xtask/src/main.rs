@@ -2,14 +2,15 @@
 //!
 //! - `ci`: the full check a change must pass — format, clippy, tests (incl. doctests),
 //!   and a build of the fuzz target. `.ci/run` runs exactly this.
-//! - `bench [engine|streaming] [ARGS...]`: the criterion engine benchmarks and/or the
-//!   `srotax run` streaming benchmark against a hand-written baseline.
+//! - `bench [engine|streaming|state|windows] [ARGS...]`: the criterion engine benchmarks and/or
+//!   the `srotax run` streaming and window benchmarks against hand-written baselines.
 //! - `fuzz build|run [TARGET] [--seconds N]`: build or run a fuzz target on a
 //!   stable toolchain (see `fuzz.rs`).
 //! - `services up|down|status`: local services (brokers, databases) the tests need.
 
 mod bench;
 mod bench_streaming;
+mod bench_windows;
 mod ci;
 mod fuzz;
 mod services;
@@ -23,7 +24,7 @@ usage: cargo xtask <command>
 
 commands:
   ci                       fmt check, clippy -D warnings, tests (incl. doctests), fuzz build
-  bench [engine|streaming] [ARGS...]
+  bench [engine|streaming|state|windows] [ARGS...]
                            criterion engine benchmarks and/or srotax run vs a baseline
   fuzz build [--release]   build the fuzz targets (stable toolchain)
   fuzz run [TARGET] [--seconds N]
