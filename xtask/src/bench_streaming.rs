@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const EVENTS: u64 = 2_000_000;
+pub(crate) const EVENTS: u64 = 2_000_000;
 
 /// Runs the benchmark and prints the figures.
 pub fn run() -> Result<()> {
@@ -24,28 +24,7 @@ pub fn run() -> Result<()> {
     )?;
     let srotax = repo_root().join("target/release/srotax");
     let baseline = repo_root().join("target/release/ltv-baseline");
-
-    let input = dir.join("orders-2m.jsonl");
-    if line_count(&input).unwrap_or(0) != EVENTS {
-        println!("generating {EVENTS} orders with the generator connector ...");
-        let _ = std::fs::remove_file(&input);
-        let def = write_definition(
-            &dir,
-            "generate",
-            &format!(
-                r#"{{"pipelineId": "generate",
-                "source": {{"type": "generator", "options": {{"count": {EVENTS}, "seed": 42, "customers": 100000}}}},
-                "sink": {{"type": "file", "options": {{"path": "{}", "fsync": false}}}},
-                "runtime": {{"microBatchSize": 8192}},
-                "state": {{"type": "memory"}}}}"#,
-                input.display()
-            ),
-        )?;
-        let (_, status, _) = timed_child(&srotax, &["run", def.to_str().unwrap_or_default()])?;
-        if !status {
-            bail!("generating the input failed");
-        }
-    }
+    let input = orders_file(&srotax)?;
 
     // The baseline first, then srotax, then the baseline again: the machine is shared,
     // and the better of two baseline runs is the fairer reference.
@@ -104,7 +83,36 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn write_definition(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
+/// The 2,000,000-order JSON Lines file (`target/bench/streaming/orders-2m.jsonl`),
+/// written by the generator connector through `srotax` unless already there.
+pub(crate) fn orders_file(srotax: &Path) -> Result<PathBuf> {
+    let dir = repo_root().join("target/bench/streaming");
+    std::fs::create_dir_all(&dir)?;
+    let input = dir.join("orders-2m.jsonl");
+    if line_count(&input).unwrap_or(0) != EVENTS {
+        println!("generating {EVENTS} orders with the generator connector ...");
+        let _ = std::fs::remove_file(&input);
+        let def = write_definition(
+            &dir,
+            "generate",
+            &format!(
+                r#"{{"pipelineId": "generate",
+                "source": {{"type": "generator", "options": {{"count": {EVENTS}, "seed": 42, "customers": 100000}}}},
+                "sink": {{"type": "file", "options": {{"path": "{}", "fsync": false}}}},
+                "runtime": {{"microBatchSize": 8192}},
+                "state": {{"type": "memory"}}}}"#,
+                input.display()
+            ),
+        )?;
+        let (_, status, _) = timed_child(srotax, &["run", def.to_str().unwrap_or_default()])?;
+        if !status {
+            bail!("generating the input failed");
+        }
+    }
+    Ok(input)
+}
+
+pub(crate) fn write_definition(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.json"));
     std::fs::write(&path, text)?;
     Ok(path)
@@ -115,7 +123,7 @@ fn line_count(path: &Path) -> Result<u64> {
     Ok(f.split(b'\n').count() as u64)
 }
 
-fn run_baseline(program: &Path, args: &[&str]) -> Result<Duration> {
+pub(crate) fn run_baseline(program: &Path, args: &[&str]) -> Result<Duration> {
     let (elapsed, ok, _) = timed_child(program, args)?;
     if !ok {
         bail!("the baseline program failed");

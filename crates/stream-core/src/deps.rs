@@ -54,11 +54,32 @@ pub fn input_fields(stages: &[Value]) -> Option<Vec<Str>> {
                 collect_paths(spec, &mut fields)?;
                 return Some(fields);
             }
+            // A window's results come from its inner pipeline: the window reads what the
+            // inner pipeline reads, plus its own expressions (partitionBy, timeField).
+            "$tumblingWindow" | "$hoppingWindow" | "$sessionWindow" => {
+                let d = spec.as_document()?;
+                for (k, v) in d.iter() {
+                    if k != "pipeline" {
+                        collect_paths(v, &mut fields)?;
+                    }
+                }
+                for f in input_fields(d.get("pipeline")?.as_array()?)? {
+                    add(&mut fields, &f);
+                }
+                return Some(fields);
+            }
             _ => return None,
         }
     }
     // The output documents carry every input field.
     None
+}
+
+/// The top-level fields an expression reads, or `None` when it may read any.
+pub fn expression_fields(expr: &Value) -> Option<Vec<Str>> {
+    let mut fields = Vec::new();
+    collect_paths(expr, &mut fields)?;
+    Some(fields)
 }
 
 fn add(fields: &mut Vec<Str>, path: &str) {

@@ -26,7 +26,9 @@
 pub mod deps;
 pub mod error;
 pub mod expr;
+pub mod fluent;
 pub mod functions;
+pub mod keyed_state;
 pub mod pipeline;
 pub mod query;
 pub mod stages;

@@ -116,6 +116,14 @@ impl Pipeline {
         self.input_fields.as_deref()
     }
 
+    /// A pipeline of already compiled stages (window inner pipelines, the fluent API).
+    pub(crate) fn from_stages(stages: Vec<Box<dyn Stage>>) -> Pipeline {
+        Pipeline {
+            stages,
+            input_fields: None,
+        }
+    }
+
     /// Parses and compiles pipeline JSON text.
     pub fn compile_json(text: &str) -> Result<Pipeline, PipelineError> {
         Self::compile_json_with(text, Arc::new(FunctionRegistry::new()))
@@ -259,6 +267,10 @@ pub struct StageStats {
     pub errors: u64,
     /// Estimated processing time in nanoseconds (one call in [`TIME_SAMPLE`] is timed).
     pub nanos: u64,
+    /// Input documents dropped (or side-output) as too late for their windows.
+    pub late_events: u64,
+    /// Entries of state held now (open windows, keyed-state keys).
+    pub state_entries: u64,
 }
 
 /// Only one call in this many is timed: reading the clock per document would cost more
@@ -319,15 +331,68 @@ impl PipelineRun {
         self.stages
             .iter()
             .zip(&self.slots)
-            .map(|(s, slot)| (s.name(), slot.stats))
+            .map(|(s, slot)| {
+                let mut stats = slot.stats;
+                stats.late_events = s.late_events();
+                stats.state_entries = s.state_entries();
+                (s.name(), stats)
+            })
             .collect()
     }
 
-    /// Ends the input: flushes blocking stages in order through the rest of the pipeline.
-    pub fn finish(&mut self, out: &mut Vec<Document>, errors: &mut Vec<StageError>) {
+    /// Sets the event time of the documents pushed next (see [`Env::event_time`]).
+    pub fn set_event_time(&mut self, event_time: Option<i64>) {
+        self.env.event_time = event_time;
+    }
+
+    /// True when some stage needs event time and watermarks (an event-time window).
+    pub fn uses_event_time(&self) -> bool {
+        self.stages.iter().any(|s| s.uses_event_time())
+    }
+
+    /// Advances event time: window stages emit the windows the watermark closed, and
+    /// their results run through the rest of the pipeline.
+    pub fn advance_watermark(
+        &mut self,
+        watermark: i64,
+        out: &mut Vec<Document>,
+        errors: &mut Vec<StageError>,
+    ) {
+        self.emit_from_each(out, errors, |s, env, local| {
+            s.on_watermark(watermark, env, local)
+        });
+    }
+
+    /// Advances processing time: processing-time windows close, `idleTimeout`s expire.
+    pub fn advance_processing_time(
+        &mut self,
+        now: i64,
+        out: &mut Vec<Document>,
+        errors: &mut Vec<StageError>,
+    ) {
+        self.emit_from_each(out, errors, |s, env, local| {
+            s.on_processing_time(now, env, local)
+        });
+    }
+
+    /// Late input documents set aside by window stages for the side output.
+    pub fn take_late(&mut self, out: &mut Vec<Document>) {
+        for s in &mut self.stages {
+            s.take_late(out);
+        }
+    }
+
+    /// Calls `emit` on every stage in order and pushes what each emits through the
+    /// stages after it.
+    fn emit_from_each(
+        &mut self,
+        out: &mut Vec<Document>,
+        errors: &mut Vec<StageError>,
+        mut emit: impl FnMut(&mut dyn Stage, &Env, &mut Vec<Document>) -> Result<(), EvalError>,
+    ) {
         for i in 0..self.stages.len() {
             let mut local = std::mem::take(&mut self.slots[i].buf);
-            if let Err(e) = self.stages[i].finish(&self.env, &mut local) {
+            if let Err(e) = emit(&mut *self.stages[i], &self.env, &mut local) {
                 self.slots[i].stats.errors += 1;
                 errors.push(stage_error(&*self.stages[i], i, e));
             }
@@ -339,6 +404,11 @@ impl PipelineRun {
             }
             self.slots[i].buf = local;
         }
+    }
+
+    /// Ends the input: flushes blocking stages in order through the rest of the pipeline.
+    pub fn finish(&mut self, out: &mut Vec<Document>, errors: &mut Vec<StageError>) {
+        self.emit_from_each(out, errors, |s, env, local| s.finish(env, local));
     }
 
     /// The run environment.

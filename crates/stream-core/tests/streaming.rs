@@ -572,7 +572,7 @@ async fn metrics_listeners_see_every_batch_and_attributes_are_shared() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unsupported_guarantees_and_event_time_are_refused_not_ignored() {
+async fn unsupported_guarantees_and_bad_event_time_settings_are_refused() {
     let h = harness(&[], true, Collected::default());
     let def = definition("[]", ErrorPolicyConfig::FailFast)
         .runtime(RuntimeConfig {
@@ -586,11 +586,14 @@ async fn unsupported_guarantees_and_event_time_are_refused_not_ignored() {
     assert!(err.message.contains("cannot give exactly-once"), "{err}");
 
     let mut source = ConnectorConfig::new("test");
+    source.path = "source".into();
     source.time_field = Some(Value::string("$ts"));
+    source.watermark = Some(Value::string("5 seconds"));
     let def = definition("[]", ErrorPolicyConfig::FailFast)
         .source(source)
         .build()
         .unwrap();
     let err = h.orchestrator.run(def).unwrap_err();
-    assert_eq!(err.path, "source.timeField");
+    assert_eq!(err.path, "source.watermark");
+    assert!(err.message.contains("boundedOutOfOrderness"), "{err}");
 }

@@ -73,13 +73,23 @@ pub trait Operator: Send + Sync + fmt::Debug {
 pub struct Env {
     /// `$$NOW` in epoch milliseconds.
     pub now: i64,
+    /// Event time (epoch milliseconds) of the input document being processed, when the
+    /// streaming runtime knows it (the source's `timeField` or record timestamp). Window
+    /// stages read it; expressions do not.
+    pub event_time: Option<i64>,
 }
 
 impl Env {
     /// An environment whose `$$NOW` is the current wall-clock time.
     pub fn now() -> Env {
+        Env::at(chrono::Utc::now().timestamp_millis())
+    }
+
+    /// An environment whose `$$NOW` is `now` (epoch milliseconds).
+    pub fn at(now: i64) -> Env {
         Env {
-            now: chrono::Utc::now().timestamp_millis(),
+            now,
+            event_time: None,
         }
     }
 }

@@ -718,7 +718,7 @@ mod tests {
 
     fn m(filter: &str, doc: &str) -> bool {
         let d = parse_document(doc).expect("doc json");
-        q(filter).matches(&d, &Env { now: 0 }).expect("evaluates")
+        q(filter).matches(&d, &Env::at(0)).expect("evaluates")
     }
 
     fn err(filter: &str) -> String {
@@ -797,7 +797,7 @@ mod tests {
         let f = parse_value(r#"{"$expr": {"$lt": ["$a", "$$limit"]}}"#).expect("filter json");
         let query = Query::compile(&f, "q", &mut cx).expect("compiles");
         let doc = parse_document(r#"{"a": 3}"#).expect("doc json");
-        let env = Env { now: 0 };
+        let env = Env::at(0);
         let outer_doc = Document::new();
         let outer = Ctx::new(&outer_doc, &env);
         let at = |limit: i32| {

@@ -1559,7 +1559,7 @@ mod tests {
     fn run(acc: &str, docs: &[&str]) -> Value {
         let mut cx = CompileCtx::default();
         let spec = compile_accumulator(&parse_value(acc).unwrap(), "acc", &mut cx).unwrap();
-        let env = Env { now: 0 };
+        let env = Env::at(0);
         let mut state = spec.start();
         for d in docs {
             let doc = crate::value::parse_document(d).unwrap();
@@ -1634,7 +1634,7 @@ mod tests {
         )
         .unwrap();
         assert!(spec.uses_group_key());
-        let env = Env { now: 0 };
+        let env = Env::at(0);
         let key = parse_value(r#"{"k": 2}"#).unwrap();
         let mut st = spec.start_for_group(&key, &env).unwrap();
         for i in 0..5 {

@@ -877,7 +877,7 @@ mod tests {
         let (name, arg) = d.iter().next().unwrap();
         let compile = STAGES.iter().find(|(n, _)| n == name).unwrap().1;
         let proto = compile(arg, "p", &mut CompileCtx::default()).unwrap();
-        let env = Env { now: 0 };
+        let env = Env::at(0);
         let docs: Vec<Document> = docs.iter().map(|d| parse_document(d).unwrap()).collect();
         let show = |out: Vec<Document>| -> Vec<String> {
             out.iter()

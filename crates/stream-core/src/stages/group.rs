@@ -781,7 +781,7 @@ mod tests {
             .add("$group", &Str::from("n"), d.get("n").unwrap(), "n", &mut cx)
             .unwrap();
         let mut stage = GroupStage::new(Arc::new(GroupConfig { id, fields }));
-        let env = Env { now: 0 };
+        let env = Env::at(0);
         let mut out = Vec::new();
         for k in ["a", "b", "a"] {
             stage
@@ -816,7 +816,7 @@ mod tests {
     ) -> (Vec<String>, Vec<String>) {
         let spec = parse_value(group).unwrap();
         let proto = compile_group(&spec, "g", &mut CompileCtx::default()).unwrap();
-        let env = Env { now: 0 };
+        let env = Env::at(0);
         let docs: Vec<Document> = docs
             .iter()
             .map(|d| crate::value::parse_document(d).unwrap())

@@ -4,17 +4,22 @@
 //!
 //! A stage receives documents one at a time through [`Stage::process`] and may emit any
 //! number of documents; blocking stages (`$group`, `$sort`, ...) buffer and emit from
-//! [`Stage::finish`] when the input ends. Each family of stages lives in its own module
-//! and exports a `STAGES` table of `(name, compile function)`.
+//! [`Stage::finish`] when the input ends. Window stages emit when event time advances
+//! ([`Stage::on_watermark`]) or processing time does ([`Stage::on_processing_time`]).
+//! Each family of stages lives in its own module and exports a `STAGES` table of
+//! `(name, compile function)`.
 
 mod basic;
 mod bucket;
 mod facet;
 mod group;
 mod sort;
+mod window;
 mod window_fields;
 
 pub mod accumulators;
+
+pub(crate) use window::time_millis;
 
 use crate::error::{path_index, path_key, CompileError, EvalError};
 use crate::expr::{CompileCtx, Env};
@@ -101,6 +106,46 @@ pub trait Stage: Send + fmt::Debug {
     ) -> Result<(), EvalError> {
         Ok(())
     }
+
+    /// True when the stage needs event time and watermarks (an event-time window).
+    fn uses_event_time(&self) -> bool {
+        false
+    }
+
+    /// Event time has advanced to `watermark` (epoch milliseconds): no more input is
+    /// expected with an earlier event time. A window stage emits the windows that ended.
+    fn on_watermark(
+        &mut self,
+        _watermark: i64,
+        _env: &Env,
+        _out: &mut Vec<Document>,
+    ) -> Result<(), EvalError> {
+        Ok(())
+    }
+
+    /// Processing time is now `now` (epoch milliseconds): processing-time windows close
+    /// and `idleTimeout`s expire.
+    fn on_processing_time(
+        &mut self,
+        _now: i64,
+        _env: &Env,
+        _out: &mut Vec<Document>,
+    ) -> Result<(), EvalError> {
+        Ok(())
+    }
+
+    /// Input documents dropped as too late so far (a metric).
+    fn late_events(&self) -> u64 {
+        0
+    }
+
+    /// Entries of state the stage holds now (open windows, keyed-state keys): a metric.
+    fn state_entries(&self) -> u64 {
+        0
+    }
+
+    /// Moves the late input documents set aside for the side output into `out`.
+    fn take_late(&mut self, _out: &mut Vec<Document>) {}
 }
 
 /// What [`Stage::process_ref`] did with a borrowed input document.
@@ -140,6 +185,7 @@ fn stage_table() -> &'static HashMap<&'static str, StageCompileFn> {
             bucket::STAGES,
             facet::STAGES,
             window_fields::STAGES,
+            window::STAGES,
         ] {
             for (name, f) in table {
                 m.insert(*name, *f);

@@ -811,13 +811,17 @@ fn valid_id(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-fn expect_object<'v>(v: &'v Value, path: &str) -> Result<&'v Document, DefinitionError> {
+pub(super) fn expect_object<'v>(v: &'v Value, path: &str) -> Result<&'v Document, DefinitionError> {
     v.as_document().ok_or_else(|| {
         DefinitionError::new(path, format!("expected an object, found {}", v.type_name()))
     })
 }
 
-fn check_keys(d: &Document, path: &str, allowed: &[&str]) -> Result<(), DefinitionError> {
+pub(super) fn check_keys(
+    d: &Document,
+    path: &str,
+    allowed: &[&str],
+) -> Result<(), DefinitionError> {
     for k in d.keys() {
         if !allowed.contains(&k.as_str()) {
             return Err(DefinitionError::new(
@@ -840,7 +844,7 @@ fn number_setting(v: &Value) -> Option<i64> {
     }
 }
 
-fn duration_setting(v: &Value) -> Result<Duration, String> {
+pub(super) fn duration_setting(v: &Value) -> Result<Duration, String> {
     match v {
         Value::String(s) => parse_duration(s),
         other => match other.as_i64_exact() {

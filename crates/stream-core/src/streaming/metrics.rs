@@ -22,6 +22,7 @@ pub struct PipelineMetrics {
     batches: AtomicU64,
     checkpoints: AtomicU64,
     lag: AtomicU64,
+    watermark: Mutex<Option<i64>>,
     progress: Mutex<Option<Progress>>,
     stages: Mutex<Vec<StageMetrics>>,
     labels: Vec<(String, String)>,
@@ -61,6 +62,12 @@ pub struct MetricsSnapshot {
     pub lag: u64,
     /// How far a bounded source has read, when it can tell.
     pub progress: Option<Progress>,
+    /// The event-time watermark (epoch milliseconds), when a window uses event time.
+    pub watermark: Option<i64>,
+    /// Input documents dropped or side-output as late, over all window stages.
+    pub late_events: u64,
+    /// Entries of operator state held now (open windows, keyed-state keys).
+    pub state_entries: u64,
     /// Per-stage figures.
     pub stages: Vec<StageMetrics>,
 }
@@ -142,6 +149,12 @@ impl PipelineMetrics {
         *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = progress;
     }
 
+    /// The event-time watermark advanced.
+    pub fn set_watermark(&self, watermark: i64) {
+        *self.watermark.lock().unwrap_or_else(|p| p.into_inner()) = Some(watermark);
+        metrics::gauge!("stream.watermark", self.labels()).set(watermark as f64);
+    }
+
     /// Source lag (records not yet read).
     pub fn set_lag(&self, lag: u64) {
         self.lag.store(lag, Ordering::Relaxed);
@@ -171,6 +184,10 @@ impl PipelineMetrics {
                 .increment(s.documents_out.saturating_sub(before.documents_out));
             metrics::counter!("stream.stage.errors", labels.clone())
                 .increment(s.errors.saturating_sub(before.errors));
+            metrics::counter!("stream.stage.late_events", labels.clone())
+                .increment(s.late_events.saturating_sub(before.late_events));
+            metrics::gauge!("stream.stage.state_entries", labels.clone())
+                .set(s.state_entries as f64);
             metrics::counter!("stream.stage.nanos", labels)
                 .increment(s.nanos.saturating_sub(before.nanos));
             stages.push(StageMetrics {
@@ -184,7 +201,15 @@ impl PipelineMetrics {
     /// A copy of every counter.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let stages = self
+            .stages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         MetricsSnapshot {
+            watermark: *self.watermark.lock().unwrap_or_else(|p| p.into_inner()),
+            late_events: stages.iter().map(|s| s.stats.late_events).sum(),
+            state_entries: stages.iter().map(|s| s.stats.state_entries).sum(),
             records_in: get(&self.records_in),
             documents_out: get(&self.documents_out),
             failed: get(&self.failed),
@@ -195,11 +220,7 @@ impl PipelineMetrics {
             checkpoints: get(&self.checkpoints),
             lag: get(&self.lag),
             progress: *self.progress.lock().unwrap_or_else(|p| p.into_inner()),
-            stages: self
-                .stages
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            stages,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod error_policy;
 pub mod metrics;
 pub mod orchestrator;
 pub mod state;
+pub mod watermark;
 
 pub use connector::{
     ConnectorContext, ConnectorError, ConnectorProvider, ConnectorRegistry, ErrorKind, Payload,
@@ -35,3 +36,4 @@ pub use state::{
     checkpoints_to_prune, Checkpoint, MemoryStateStore, MemoryStateStoreProvider, StateError,
     StateStore, StateStoreProvider,
 };
+pub use watermark::{EventTimeConfig, WatermarkConfig, WatermarkTracker};

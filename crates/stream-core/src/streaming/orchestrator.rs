@@ -30,8 +30,11 @@ use super::metrics::{MetricsRegistry, MetricsSnapshot, PipelineMetrics};
 use super::state::{
     Checkpoint, MemoryStateStoreProvider, StateError, StateStore, StateStoreProvider,
 };
+use super::watermark::{EventTimeConfig, WatermarkTracker};
 use crate::error::StageError;
+use crate::expr::{Ctx, Env, Expr};
 use crate::pipeline::{Pipeline, PipelineRun, StageStats};
+use crate::stages::time_millis;
 use crate::value::{parse_document, parse_document_fields, Document, Str, Value};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -217,15 +220,11 @@ impl StreamingPipelineOrchestrator {
                 )
             })?
             .create(&def.state, &def.pipeline_id)?;
-        if def.source.time_field.is_some() || def.source.watermark.is_some() {
-            let key = if def.source.time_field.is_some() {
-                "timeField"
-            } else {
-                "watermark"
-            };
+        let event_time = EventTimeConfig::parse(&def.source)?;
+        if dead_letter.is_none() && uses_late_side_output(&def.pipeline) {
             return Err(DefinitionError::new(
-                format!("source.{key}"),
-                "event time (timeField, watermark) is not supported yet; remove it",
+                "errorPolicy",
+                "a window with lateData \"sideOutput\" sends late events to the dead-letter sink; configure one: \"errorPolicy\": {\"deadLetter\": {...}}",
             ));
         }
         if def.runtime.processing_guarantee == ProcessingGuarantee::ExactlyOnce
@@ -252,6 +251,7 @@ impl StreamingPipelineOrchestrator {
         let status = Arc::new(Mutex::new(PipelineStatus::Starting));
         let parts = Parts {
             def,
+            event_time,
             pipeline,
             source,
             sink,
@@ -361,6 +361,7 @@ impl StreamingPipelineHandle {
 
 struct Parts {
     def: StreamingPipelineDefinition,
+    event_time: EventTimeConfig,
     pipeline: Pipeline,
     source: Box<dyn Source>,
     sink: Box<dyn Sink>,
@@ -399,6 +400,9 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
         p.store.clear_checkpoint(&id).await?;
     }
     let mut run = p.pipeline.start();
+    let mut tracker = run
+        .uses_event_time()
+        .then(|| WatermarkTracker::new(p.event_time.watermark.clone()));
     let mut positions = SourcePositions::new();
     let mut sequence = 0;
     // Under exactly-once with a transactional sink, the sink's transaction commits the
@@ -416,9 +420,17 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
             .seek(&cp.positions)
             .await
             .map_err(RunError::Source)?;
-        if !cp.operator_state.is_empty() {
-            run.restore_state(&cp.operator_state)
-                .map_err(RunError::Restore)?;
+        let mut states = cp.operator_state.clone();
+        if tracker.is_some() && !states.is_empty() {
+            // The watermark tracker's state follows the stages' states.
+            let state = states.pop().unwrap_or(Value::Null);
+            if let Some(t) = tracker.as_mut() {
+                t.restore_state(&state, Instant::now())
+                    .map_err(RunError::Internal)?;
+            }
+        }
+        if !states.is_empty() {
+            run.restore_state(&states).map_err(RunError::Restore)?;
         }
         if !matches!(cp.sink_position, Value::Null) {
             p.sink
@@ -464,8 +476,18 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
     ));
 
     let prefix_len = p.pipeline.stateless_prefix_len();
+    let input_fields = match (p.pipeline.input_fields(), &p.event_time.time_fields) {
+        (Some(f), Some(t)) => {
+            let mut all = f.to_vec();
+            all.extend(t.iter().filter(|t| !f.contains(t)).cloned());
+            Some(all)
+        }
+        _ => None,
+    };
     let parser = Parser {
-        input_fields: p.pipeline.input_fields().map(|f| f.to_vec()),
+        input_fields,
+        time_field: p.event_time.time_field.clone(),
+        env: run.env().clone(),
         keep_original: ErrorPolicy::new(&p.def.error_policy).needs_original(),
         workers: rayon::ThreadPoolBuilder::new()
             .num_threads(rt.worker_thread_pool_size.max(1))
@@ -490,6 +512,9 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
         metrics: p.metrics.clone(),
         prefix_len,
         prefix_stats: Vec::new(),
+        tracker,
+        last_watermark: Instant::now(),
+        batch_started: Instant::now(),
     };
     let process_task =
         tokio::task::spawn_blocking(move || processing.run(run, positions, work_rx, sink_tx));
@@ -696,12 +721,22 @@ struct Processing {
     prefix_len: usize,
     /// Their counters, as last reported by the parser.
     prefix_stats: Vec<StageStats>,
+    /// Event-time progress, when a stage uses event time.
+    tracker: Option<WatermarkTracker>,
+    /// When the watermark was last advanced (for `emitInterval`).
+    last_watermark: Instant,
+    /// When the current micro-batch started processing (the arrival time the watermark
+    /// tracker records: reading the clock per record would cost more than it tells).
+    batch_started: Instant,
 }
 
 /// Parses record payloads and runs the pipeline's stateless prefix on a worker pool,
 /// on its own thread, so parsing batch N+1 overlaps with processing batch N.
 struct Parser {
     input_fields: Option<Vec<Str>>,
+    /// The source's `timeField`, evaluated on each parsed document.
+    time_field: Option<Expr>,
+    env: Env,
     keep_original: bool,
     workers: rayon::ThreadPool,
     prefix_len: usize,
@@ -764,9 +799,19 @@ impl Parser {
         let keep_original = self.keep_original;
         let fields = self.input_fields.as_deref();
         let prefix_len = self.prefix_len;
+        let (time_field, env) = (self.time_field.as_ref(), &self.env);
         let parse_one = |r: Record, prefix: Option<&mut PipelineRun>| {
             let (document, raw) = match r.payload {
-                Payload::Document(d) => (Ok(d), None),
+                // A document source (generator, memory) gives whole documents: drop
+                // the fields the pipeline never reads here, on the workers, rather than
+                // carry (and, in hopping windows, copy) them through every stage. The
+                // error policy's copy of the original keeps them all.
+                Payload::Document(mut d) => {
+                    if let (Some(f), false) = (fields, keep_original) {
+                        d.retain(|k, _| f.contains(k));
+                    }
+                    (Ok(d), None)
+                }
                 Payload::Json(text) => {
                     let doc = match fields {
                         Some(f) => parse_document_fields(&text, f),
@@ -778,6 +823,17 @@ impl Parser {
                     let keep_text = doc.is_err() || keep_original;
                     (doc.map_err(|e| e.to_string()), keep_text.then_some(text))
                 }
+            };
+            let mut event_time = r.event_time;
+            let document = match (document, time_field) {
+                (Ok(d), Some(expr)) => match event_time_of(expr, &d, env) {
+                    Ok(t) => {
+                        event_time = Some(t);
+                        Ok(d)
+                    }
+                    Err(m) => Err(m),
+                },
+                (document, _) => document,
             };
             let original = match &document {
                 Ok(d) if keep_original => Some(d.clone()),
@@ -797,6 +853,7 @@ impl Parser {
                 original,
                 partition: r.partition,
                 position: r.position,
+                event_time,
             }
         };
         if records.len() < 64 {
@@ -842,6 +899,32 @@ struct Parsed {
     original: Option<Document>,
     partition: Arc<str>,
     position: Value,
+    /// Event time from `timeField` or the record.
+    event_time: Option<i64>,
+}
+
+/// Evaluates the source's `timeField` on a document.
+fn event_time_of(expr: &Expr, doc: &Document, env: &Env) -> Result<i64, String> {
+    let v = expr
+        .eval(&Ctx::new(doc, env))
+        .map_err(|e| format!("source.timeField: {e}"))?;
+    time_millis(&v).ok_or_else(|| {
+        format!(
+            "source.timeField: expected a date or epoch milliseconds, found {}",
+            v.to_json()
+        )
+    })
+}
+
+/// True when some window stage of the pipeline sends late events to the side output.
+fn uses_late_side_output(v: &Value) -> bool {
+    match v {
+        Value::Document(d) => d.iter().any(|(k, v)| {
+            (k == "lateData" && v.as_str() == Some("sideOutput")) || uses_late_side_output(v)
+        }),
+        Value::Array(items) => items.iter().any(uses_late_side_output),
+        _ => false,
+    }
 }
 
 /// A parsed document, possibly already through the pipeline's stateless prefix.
@@ -871,6 +954,7 @@ impl Processing {
                 return Ok(Ending::Stopped);
             };
             let started = Instant::now();
+            self.batch_started = started;
             let mut out = Vec::new();
             let mut dead_letters = Vec::new();
             let ending = match msg {
@@ -889,6 +973,7 @@ impl Processing {
                             Trigger::ProcessingTime(interval) => last_trigger.elapsed() >= interval,
                             Trigger::AvailableNow => false,
                         };
+                    self.advance_time(&mut run, &mut out, &mut dead_letters)?;
                     if fire {
                         last_trigger = Instant::now();
                         self.trigger(&mut run, &mut out, &mut dead_letters)?;
@@ -952,8 +1037,13 @@ impl Processing {
     }
 
     fn snapshot(&self, run: &PipelineRun) -> Result<Option<Vec<Value>>, RunError> {
-        run.checkpoint_state()
-            .map_err(|e| RunError::Internal(format!("cannot snapshot operator state: {e}")))
+        let mut states = run
+            .checkpoint_state()
+            .map_err(|e| RunError::Internal(format!("cannot snapshot operator state: {e}")))?;
+        if let (Some(states), Some(tracker)) = (states.as_mut(), &self.tracker) {
+            states.push(tracker.checkpoint_state());
+        }
+        Ok(states)
     }
 
     fn process(
@@ -987,6 +1077,14 @@ impl Processing {
         };
         let emitted = out.len();
         let mut errors = Vec::new();
+        if let Some(tracker) = self.tracker.as_mut() {
+            // Records without an event time get their arrival time.
+            let t = item
+                .event_time
+                .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+            tracker.observe(&item.partition, t, self.batch_started);
+            run.set_event_time(Some(t));
+        }
         match ready {
             Ready::Document(doc) => run.push(doc, out, &mut errors),
             Ready::Prefixed {
@@ -998,6 +1096,9 @@ impl Processing {
                     run.push_at(self.prefix_len, doc, out, &mut errors);
                 }
             }
+        }
+        if self.tracker.is_some() {
+            self.side_output_late(run, &item.partition, &item.position, dead_letters);
         }
         let mut attempt = 1;
         loop {
@@ -1039,6 +1140,53 @@ impl Processing {
                 }
             }
         }
+    }
+
+    /// Late events set aside by windows go to the dead-letter sink with reason `late`.
+    fn side_output_late(
+        &mut self,
+        run: &mut PipelineRun,
+        partition: &str,
+        position: &Value,
+        dead_letters: &mut Vec<Document>,
+    ) {
+        let mut late = Vec::new();
+        run.take_late(&mut late);
+        for doc in late {
+            let failure = Failure {
+                stage: "window".into(),
+                message: "late event: its windows closed (the watermark passed their end plus allowedLateness)".into(),
+                attempts: 1,
+                original: Value::Document(doc),
+                partition,
+                position,
+            };
+            let mut record = failure.dead_letter_record(&self.pipeline_id);
+            record.insert("reason", Value::string("late"));
+            dead_letters.push(record);
+        }
+    }
+
+    /// Advances the watermark (at most once per `emitInterval`) and processing time:
+    /// windows that ended emit.
+    fn advance_time(
+        &mut self,
+        run: &mut PipelineRun,
+        out: &mut Vec<Document>,
+        dead_letters: &mut Vec<Document>,
+    ) -> Result<(), RunError> {
+        let mut errors = Vec::new();
+        if let Some(tracker) = self.tracker.as_mut() {
+            if self.last_watermark.elapsed() >= tracker.config().emit_interval {
+                self.last_watermark = Instant::now();
+                if let Some(wm) = tracker.watermark(Instant::now()) {
+                    self.metrics.set_watermark(wm);
+                    run.advance_watermark(wm, out, &mut errors);
+                }
+            }
+        }
+        run.advance_processing_time(chrono::Utc::now().timestamp_millis(), out, &mut errors);
+        self.handle_stage_errors(errors, dead_letters)
     }
 
     fn trigger(
