@@ -8,7 +8,6 @@
 
 use super::{Binary, Document, ObjectId, Regex, Str, Timestamp, Value};
 use base64::Engine;
-use chrono::Datelike;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::fmt::{self, Write};
 
