@@ -8,7 +8,6 @@
 
 use super::{Binary, Document, ObjectId, Regex, Str, Timestamp, Value};
 use base64::Engine;
-use chrono::Datelike;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::fmt::{self, Write};
 
@@ -545,7 +544,10 @@ fn parse_utc_date_fast(s: &str) -> Option<i64> {
                 return None;
             }
             let frac = num(20..20 + digits)?;
-            millis = frac * 1000 / 10i64.pow(digits as u32);
+            millis = match digits {
+                3 => frac,
+                _ => frac * 1000 / 10i64.pow(digits as u32),
+            };
             &b[20 + digits..]
         }
         _ => &b[19..],
@@ -553,12 +555,34 @@ fn parse_utc_date_fast(s: &str) -> Option<i64> {
     if rest != b"Z" {
         return None;
     }
-    let date = chrono::NaiveDate::from_ymd_opt(year as i32, month as u32, day as u32)?;
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
     if hour > 23 || minute > 59 || second > 59 {
         return None;
     }
-    let days = i64::from(date.num_days_from_ce()) - 719_163; // days from 0001-01-01 to 1970-01-01
+    let days = days_from_civil(year, month, day);
     Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (H. Hinnant's
+/// `days_from_civil`: years counted from March, in 400-year eras).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 /// Formats epoch millis as `YYYY-MM-DDTHH:MM:SS[.mmm]Z` (milliseconds only when non-zero).
@@ -850,5 +874,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("must be the only key"), "{e}");
+    }
+
+    #[test]
+    fn fast_date_path_agrees_with_chrono_over_four_centuries() {
+        // Every day from 1800 to 2200 (leap rules of 1800/1900/2000/2100 included), at
+        // varying times, against chrono; invalid days are refused by both.
+        let mut ms = chrono::NaiveDate::from_ymd_opt(1800, 1, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc().timestamp_millis())
+            .expect("valid date");
+        let end = 7_258_118_400_000; // 2200-01-01
+        let mut step = 0i64;
+        while ms < end {
+            let text = format_iso_date(ms).expect("in range");
+            assert_eq!(parse_utc_date_fast(&text), Some(ms), "{text}");
+            step = (step + 7_919) % 86_400_000;
+            ms += 86_400_000 + step % 3_600_000;
+        }
+        for bad in [
+            "2023-02-29T00:00:00Z",
+            "2100-02-29T00:00:00Z",
+            "2024-04-31T00:00:00Z",
+            "2024-13-01T00:00:00Z",
+            "2024-00-10T00:00:00Z",
+        ] {
+            assert_eq!(parse_utc_date_fast(bad), None, "{bad}");
+        }
+        assert!(parse_utc_date_fast("2024-02-29T23:59:59.999Z").is_some());
     }
 }
