@@ -1,4 +1,4 @@
-//! `cargo xtask bench [engine|streaming|state|windows] [ARGS...]`: the benchmarks.
+//! `cargo xtask bench [engine|streaming|state|windows|kafka] [ARGS...]`: the benchmarks.
 //!
 //! - `engine`: stream-core's criterion benchmarks (`cargo bench -p stream-core`), extra
 //!   arguments passed through (e.g. a filter, or `-- --save-baseline main`).
@@ -9,10 +9,12 @@
 //!   baseline. Needs `cargo xtask services up`.
 //! - `windows`: event-time windows through `srotax run` against a hand-written baseline,
 //!   and Nexmark q5 (see `bench_windows.rs`).
+//! - `kafka`: `srotax run` from a Kafka topic to a Kafka topic against the broker alone
+//!   (see `bench_kafka.rs`; starts the local services).
 //!
-//! Without a name, all run.
+//! Without a name, all but `kafka` run.
 
-use crate::{bench_streaming, bench_windows, cargo, run_cmd};
+use crate::{bench_kafka, bench_streaming, bench_windows, cargo, run_cmd};
 use anyhow::Result;
 
 /// Runs the selected benchmarks.
@@ -20,6 +22,7 @@ pub fn run(args: &[String]) -> Result<()> {
     match args.split_first() {
         Some((first, rest)) if first == "engine" => engine(rest),
         Some((first, _)) if first == "streaming" => bench_streaming::run(),
+        Some((first, _)) if first == "kafka" => bench_kafka::run(),
         Some((first, rest)) if first == "state" => state(rest),
         Some((first, _)) if first == "windows" => bench_windows::run(),
         _ => {

@@ -2,13 +2,15 @@
 //!
 //! - `ci`: the full check a change must pass — format, clippy, tests (incl. doctests),
 //!   and a build of the fuzz target. `.ci/run` runs exactly this.
-//! - `bench [engine|streaming|state|windows] [ARGS...]`: the criterion engine benchmarks and/or
-//!   the `srotax run` streaming and window benchmarks against hand-written baselines.
+//! - `bench [engine|streaming|state|windows|kafka] [ARGS...]`: the criterion engine
+//!   benchmarks and/or the `srotax run` streaming and window benchmarks against
+//!   hand-written baselines; `kafka`: Kafka to Kafka against the broker alone.
 //! - `fuzz build|run [TARGET] [--seconds N]`: build or run a fuzz target on a
 //!   stable toolchain (see `fuzz.rs`).
 //! - `services up|down|status`: local services (brokers, databases) the tests need.
 
 mod bench;
+mod bench_kafka;
 mod bench_streaming;
 mod bench_windows;
 mod ci;
@@ -24,8 +26,9 @@ usage: cargo xtask <command>
 
 commands:
   ci                       fmt check, clippy -D warnings, tests (incl. doctests), fuzz build
-  bench [engine|streaming|state|windows] [ARGS...]
+  bench [engine|streaming|state|windows|kafka] [ARGS...]
                            criterion engine benchmarks and/or srotax run vs a baseline
+                           (kafka: Kafka to Kafka vs the broker alone)
   fuzz build [--release]   build the fuzz targets (stable toolchain)
   fuzz run [TARGET] [--seconds N]
                            run a fuzz target (default pipeline_parser) for N s (default 30)

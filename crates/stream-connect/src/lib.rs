@@ -9,8 +9,9 @@
 //! | `stdio` | stdin, JSON Lines, ends at EOF | stdout, JSON Lines | `stdio` |
 //! | `memory` | a named in-process channel ([`MemoryHub`]) | the same channels | `memory` |
 //! | `generator` | deterministic synthetic orders or Nexmark events | — | `generator` |
+//! | `kafka` | topics or a pattern, in a consumer group | a topic or a topic per document; idempotent, transactional under exactly-once | `kafka` (not default: builds librdkafka) |
 //!
-//! Every connector sits behind its cargo feature (all on by default): a build without a
+//! Every connector sits behind its cargo feature (all but `kafka` on by default): a build without a
 //! feature does not compile that connector, and a definition naming it fails with
 //! `unknown connector type`. [`register_builtin`] adds every enabled provider to a
 //! [`ConnectorRegistry`]; [`builtin_registry`] returns a registry holding just them.
@@ -40,7 +41,8 @@ mod lines;
     feature = "file",
     feature = "stdio",
     feature = "memory",
-    feature = "generator"
+    feature = "generator",
+    feature = "kafka"
 ))]
 mod options;
 
@@ -48,6 +50,8 @@ mod options;
 pub mod file;
 #[cfg(feature = "generator")]
 pub mod generator;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "stdio")]
@@ -57,6 +61,8 @@ pub mod stdio;
 pub use file::FileConnectorProvider;
 #[cfg(feature = "generator")]
 pub use generator::{order, write_orders_jsonl, GeneratorConnectorProvider};
+#[cfg(feature = "kafka")]
+pub use kafka::KafkaConnectorProvider;
 #[cfg(feature = "memory")]
 pub use memory::{MemoryConnectorProvider, MemoryError, MemoryHub};
 #[cfg(feature = "stdio")]
@@ -74,6 +80,8 @@ pub fn register_builtin(registry: &mut ConnectorRegistry) {
     registry.register(std::sync::Arc::new(MemoryConnectorProvider::default()));
     #[cfg(feature = "generator")]
     registry.register(std::sync::Arc::new(GeneratorConnectorProvider));
+    #[cfg(feature = "kafka")]
+    registry.register(std::sync::Arc::new(KafkaConnectorProvider));
 }
 
 /// A registry holding the enabled built-in connectors.
@@ -93,6 +101,9 @@ mod tests {
         }
         if cfg!(feature = "generator") {
             expected.push("generator");
+        }
+        if cfg!(feature = "kafka") {
+            expected.push("kafka");
         }
         if cfg!(feature = "memory") {
             expected.push("memory");

@@ -15,6 +15,7 @@
 //! | PostgreSQL | `postgres://srotax@127.0.0.1:15432/srotax` | `SROTAX_TEST_POSTGRES_URL` |
 //! | Kafka-protocol broker | `127.0.0.1:19092` | `SROTAX_TEST_KAFKA_BOOTSTRAP` |
 
+mod kafka;
 mod postgres;
 mod process;
 mod redis;
@@ -43,11 +44,17 @@ pub trait Service {
 }
 
 /// Debian packages the workspace needs to *build* (C dependencies of -sys crates).
-pub const BUILD_PACKAGES: &[&str] = &[];
+/// `cmake` builds the bundled librdkafka (feature `kafka` of `stream-connect`); librdkafka
+/// 2.12 includes `curl/curl.h` even with curl off, hence `libcurl4-openssl-dev`.
+pub const BUILD_PACKAGES: &[&str] = &["cmake", "libcurl4-openssl-dev", "pkg-config", "zlib1g-dev"];
 
 /// Every service, in start order.
 fn all() -> Vec<Box<dyn Service>> {
-    vec![Box::new(redis::Redis), Box::new(postgres::Postgres)]
+    vec![
+        Box::new(redis::Redis),
+        Box::new(postgres::Postgres),
+        Box::new(kafka::Kafka),
+    ]
 }
 
 fn state_dir(service: &dyn Service) -> PathBuf {

@@ -124,8 +124,22 @@ pub trait Source: Send {
         Ok(())
     }
 
+    /// The positions acknowledged upstream (a Kafka consumer group's committed
+    /// offsets), for sources that have them. Under exactly-once a transactional sink
+    /// commits these together with its output, so on restart the orchestrator resumes
+    /// from the checkpoint whose positions equal them.
+    async fn committed_positions(&mut self) -> Result<Option<SourcePositions>, ConnectorError> {
+        Ok(None)
+    }
+
     /// True when the input is finite (a file without `follow`).
     fn is_bounded(&self) -> bool;
+
+    /// Records available upstream but not read yet (Kafka: high watermarks minus the
+    /// positions), when the source can tell; published as the `stream.lag` gauge.
+    fn lag(&self) -> Option<u64> {
+        None
+    }
 
     /// How far a bounded source has read, in its own unit (bytes of a file, records of
     /// a generator), for progress display.

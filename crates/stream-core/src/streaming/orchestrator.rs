@@ -73,6 +73,9 @@ pub enum RunError {
     /// The stored checkpoint does not fit the pipeline.
     #[error("cannot restore the checkpoint: {0}")]
     Restore(StageError),
+    /// Exactly-once: no stored checkpoint fits what the sink's transactions committed.
+    #[error("cannot resume exactly-once: {0}")]
+    CheckpointMismatch(String),
     /// A task of the pipeline ended abnormally.
     #[error("internal error: {0}")]
     Internal(String),
@@ -402,7 +405,16 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
         .then(|| WatermarkTracker::new(p.event_time.watermark.clone()));
     let mut positions = SourcePositions::new();
     let mut sequence = 0;
-    if let Some(cp) = p.store.load_checkpoint(&id).await? {
+    // Under exactly-once with a transactional sink, the sink's transaction commits the
+    // source positions (a Kafka consumer group's offsets) with the output.
+    let transactional = p.def.runtime.processing_guarantee == ProcessingGuarantee::ExactlyOnce
+        && p.sink.is_transactional();
+    let restored = if transactional {
+        transactional_checkpoint(&mut p).await?
+    } else {
+        p.store.load_checkpoint(&id).await?
+    };
+    if let Some(cp) = restored {
         info!(pipeline = %id, sequence = cp.sequence, "resuming from checkpoint");
         p.source
             .seek(&cp.positions)
@@ -517,6 +529,7 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
         context: p.context.clone(),
         listeners: p.listeners.clone(),
         sequence,
+        transactional,
     };
     let sink_result = delivery.run(sink_rx, commit_tx).await;
     parse_task
@@ -542,6 +555,70 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
         metrics: p.metrics.snapshot(),
         duration: started.elapsed(),
     })
+}
+
+/// Exactly-once restart: the checkpoint to resume from is the one whose positions equal
+/// what the sink's last committed transaction committed upstream (the source's
+/// committed positions): the latest checkpoint, or the one before it when the process
+/// died between saving the latest and committing its transaction.
+async fn transactional_checkpoint(p: &mut Parts) -> Result<Option<Checkpoint>, RunError> {
+    let id = &p.def.pipeline_id;
+    let Some(committed) = p
+        .source
+        .committed_positions()
+        .await
+        .map_err(RunError::Source)?
+    else {
+        return Err(RunError::Definition(DefinitionError::new(
+            "runtime.processingGuarantee",
+            format!(
+                "exactly_once with the transactional {} sink needs a source whose positions the transaction commits (kafka); the {} source has none",
+                p.def.sink.connector_type, p.def.source.connector_type
+            ),
+        )));
+    };
+    let Some(latest) = p.store.load_checkpoint(id).await? else {
+        if !committed.is_empty() {
+            info!(pipeline = %id, "no checkpoint: resuming from the source's committed positions with empty state");
+        }
+        return Ok(None);
+    };
+    let matches = |positions: &SourcePositions| {
+        positions.len() == committed.len()
+            && positions
+                .iter()
+                .all(|(k, v)| committed.get(k).is_some_and(|c| c.identical(v)))
+    };
+    if matches(&latest.positions) {
+        return Ok(Some(latest));
+    }
+    // The checkpoint before the latest, from the store's history.
+    let previous = match p
+        .store
+        .list_checkpoints(id)
+        .await?
+        .into_iter()
+        .rfind(|s| *s < latest.sequence)
+    {
+        Some(sequence) => p.store.load_checkpoint_at(id, sequence).await?,
+        None => None,
+    };
+    let empty = SourcePositions::new();
+    if matches(previous.as_ref().map_or(&empty, |c| &c.positions)) {
+        info!(pipeline = %id, sequence = latest.sequence, "the latest checkpoint's transaction was not committed: resuming from the one before");
+        return Ok(match previous {
+            // Saved again as the latest, so the next run does not pick the bad one.
+            Some(cp) => Some(p.store.restore_checkpoint(id, cp.sequence).await?),
+            None => {
+                p.store.clear_checkpoint(id).await?;
+                None
+            }
+        });
+    }
+    Err(RunError::CheckpointMismatch(format!(
+        "neither the latest checkpoint (sequence {}) nor the one before it has the positions the sink's last transaction committed upstream; the state store and the source disagree (run with --reset to start over)",
+        latest.sequence
+    )))
 }
 
 fn set_status(status: &Mutex<PipelineStatus>, s: PipelineStatus) {
@@ -579,8 +656,11 @@ async fn source_loop(
             Ok(batch) => {
                 attempt = 1;
                 let progress = source.progress();
-                if let Some(p) = progress {
-                    metrics.set_lag(p.total.saturating_sub(p.done));
+                if let Some(lag) = source
+                    .lag()
+                    .or(progress.map(|p| p.total.saturating_sub(p.done)))
+                {
+                    metrics.set_lag(lag);
                 }
                 metrics.set_progress(progress);
                 let end = batch.end_of_input || (fetch.available_now && batch.records.is_empty());
@@ -1224,6 +1304,8 @@ struct Delivery {
     context: Arc<StreamingContext>,
     listeners: Vec<Arc<dyn MetricsListener>>,
     sequence: u64,
+    /// Exactly-once through the sink's transactions (see [`transactional_checkpoint`]).
+    transactional: bool,
 }
 
 impl Delivery {
@@ -1232,6 +1314,9 @@ impl Delivery {
         mut rx: mpsc::Receiver<SinkMsg>,
         commits: mpsc::UnboundedSender<SourcePositions>,
     ) -> Result<(), RunError> {
+        if self.transactional {
+            self.sink.begin().await.map_err(RunError::Sink)?;
+        }
         while let Some(msg) = rx.recv().await {
             let SinkMsg {
                 documents,
@@ -1258,10 +1343,14 @@ impl Delivery {
                     sink_position: self.sink.committed_position().unwrap_or(Value::Null),
                     created_at: chrono::Utc::now().timestamp_millis(),
                 };
-                self.save_checkpoint(&cp).await?;
-                self.metrics.add_checkpoint();
-                self.context.set_checkpoint(cp.sequence, &cp.positions);
-                let _ = commits.send(cp.positions);
+                if self.transactional {
+                    self.commit_transaction(cp).await?;
+                } else {
+                    self.save_checkpoint(&cp).await?;
+                    self.metrics.add_checkpoint();
+                    self.context.set_checkpoint(cp.sequence, &cp.positions);
+                    let _ = commits.send(cp.positions);
+                }
             }
             if !self.listeners.is_empty() {
                 let snapshot = self.metrics.snapshot();
@@ -1270,7 +1359,26 @@ impl Delivery {
                 }
             }
         }
+        if self.transactional {
+            // Output after the last checkpoint is not covered by one: drop it.
+            self.sink.abort().await.map_err(RunError::Sink)?;
+        }
         Ok(())
+    }
+
+    /// Exactly-once: saves checkpoint N (N-1 stays in the store's history), then commits
+    /// the sink's transaction with N's positions, then opens the next transaction. A
+    /// crash before the commit leaves N saved but the transaction aborted, and
+    /// [`transactional_checkpoint`] then resumes from N-1.
+    async fn commit_transaction(&mut self, cp: Checkpoint) -> Result<(), RunError> {
+        self.save_checkpoint(&cp).await?;
+        self.sink
+            .commit(&cp.positions)
+            .await
+            .map_err(RunError::Sink)?;
+        self.metrics.add_checkpoint();
+        self.context.set_checkpoint(cp.sequence, &cp.positions);
+        self.sink.begin().await.map_err(RunError::Sink)
     }
 
     /// Writes a batch under the error policy and returns how many documents the sink

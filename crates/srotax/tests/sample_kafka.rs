@@ -1,0 +1,174 @@
+//! `samples/streaming-kafka` runs as its README says, against the broker of
+//! `cargo xtask services up` (127.0.0.1:19092, or `SROTAX_TEST_KAFKA_BOOTSTRAP`), on
+//! topics of its own: the published totals equal those computed from the orders.
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::ClientConfig;
+use std::collections::BTreeMap;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use stream_core::value::{parse_document, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_srotax");
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn bootstrap() -> String {
+    let addr =
+        std::env::var("SROTAX_TEST_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".into());
+    let reachable = addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    assert!(
+        reachable,
+        "no Kafka broker on {addr}: run `cargo xtask services up` (or set SROTAX_TEST_KAFKA_BOOTSTRAP)"
+    );
+    addr
+}
+
+/// Every committed message of `topic` as documents, in order per partition.
+fn read_committed(bootstrap: &str, topic: &str) -> Vec<stream_core::Document> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "group.id",
+            format!("sample-reader-{topic}-{:?}", Instant::now()),
+        )
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < Duration::from_secs(2) {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = match m {
+                Ok(m) => m,
+                // Not created yet: nothing was published so far.
+                Err(e) if e.to_string().contains("UnknownTopicOrPartition") => return out,
+                Err(e) => panic!("reading {topic}: {e}"),
+            };
+            out.push(parse_document(std::str::from_utf8(m.payload().unwrap()).unwrap()).unwrap());
+            last = Instant::now();
+        }
+    }
+    out
+}
+
+/// (orderCount, lifetimeValue) per customer.
+type Totals = BTreeMap<String, (i64, f64)>;
+
+fn expected_totals(orders: &[stream_core::Document]) -> Totals {
+    let mut t = Totals::new();
+    for o in orders {
+        if o.get("status").and_then(Value::as_str) == Some("PAID") {
+            let e = t
+                .entry(o.get("customerId").and_then(Value::as_str).unwrap().into())
+                .or_default();
+            e.0 += 1;
+            e.1 += o.get("orderValue").and_then(Value::as_f64).unwrap();
+        }
+    }
+    t
+}
+
+fn published_totals(updates: &[stream_core::Document]) -> Totals {
+    let mut t = Totals::new();
+    for u in updates {
+        t.insert(
+            u.get("_id").and_then(Value::as_str).unwrap().into(),
+            (
+                u.get("orderCount").and_then(Value::as_i64_exact).unwrap(),
+                u.get("lifetimeValue").and_then(Value::as_f64).unwrap(),
+            ),
+        );
+    }
+    t
+}
+
+#[test]
+fn the_kafka_sample_publishes_exact_totals() {
+    let bootstrap = bootstrap();
+    let run_id = format!("{}-{}", std::process::id(), nanos_now());
+    let orders_topic = format!("sample-orders-{run_id}");
+    let ltv_topic = format!("sample-ltv-{run_id}");
+    let out_dir = std::env::temp_dir().join(format!("srotax-sample-kafka-{run_id}"));
+    let env = [
+        ("KAFKA_BOOTSTRAP", bootstrap.clone()),
+        ("ORDERS_TOPIC", orders_topic.clone()),
+        ("LTV_TOPIC", ltv_topic.clone()),
+        ("GROUP_ID", format!("sample-ltv-{run_id}")),
+        ("ORDERS", "3000".into()),
+        ("OUT_DIR", out_dir.display().to_string()),
+    ];
+    let command = |def: &str| {
+        let mut c = Command::new(BIN);
+        c.args(["run", def])
+            .current_dir(repo_root())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env_remove("RUST_LOG");
+        c
+    };
+    let produced = command("samples/streaming-kafka/produce-orders.json")
+        .output()
+        .unwrap();
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    let expected = expected_totals(&read_committed(&bootstrap, &orders_topic));
+    assert!(
+        expected.values().map(|e| e.0).sum::<i64>() > 1000,
+        "{expected:?}"
+    );
+
+    let mut pipeline = command("samples/streaming-kafka/orders-ltv.json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut published = Totals::new();
+    while published != expected {
+        assert!(
+            pipeline.try_wait().unwrap().is_none(),
+            "the pipeline exited early"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "after 60 s, {} of {} customers have their final totals",
+            published
+                .iter()
+                .filter(|(k, v)| expected.get(*k) == Some(v))
+                .count(),
+            expected.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        published = published_totals(&read_committed(&bootstrap, &ltv_topic));
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &pipeline.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(pipeline.wait().unwrap().success(), "graceful stop");
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+/// Nanoseconds since the epoch, to name this run's topics.
+fn nanos_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}

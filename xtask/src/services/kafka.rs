@@ -1,0 +1,91 @@
+//! A Kafka-protocol broker on 127.0.0.1:19092: noida-db 0.2.3 from PyPI, installed in a
+//! virtualenv under `target/services/kafka/venv`, data under `target/services/kafka/data`.
+//! Topics are created by the tests and samples that use them (the broker creates a
+//! topic on first use; tests needing several partitions create them through the admin
+//! API).
+
+use super::{running_pid, spawn_daemon, stop_daemon, Service};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// The port the tests expect (`SROTAX_TEST_KAFKA_BOOTSTRAP` overrides it in tests).
+pub const PORT: u16 = 19092;
+
+/// The pinned broker version.
+const NOIDA_DB: &str = "noida-db==0.2.3";
+
+/// The Kafka-protocol broker service.
+pub struct Kafka;
+
+/// Installs noida-db into `dir/venv` (once) and returns the path of its broker binary.
+/// The binary is run directly, not through the `venv/bin/noida-db` Python launcher,
+/// which would start it as a child: the recorded PID must be the broker's own.
+fn install(dir: &Path) -> Result<PathBuf> {
+    let venv = dir.join("venv");
+    if let Some(bin) = broker_binary(&venv) {
+        return Ok(bin);
+    }
+    crate::run_cmd(
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        "python3 -m venv",
+    )
+    .context("creating the noida-db virtualenv (needs Debian python3-venv)")?;
+    crate::run_cmd(
+        Command::new(venv.join("bin").join("pip")).args(["install", "-q", NOIDA_DB]),
+        "pip install noida-db",
+    )?;
+    broker_binary(&venv).with_context(|| {
+        format!(
+            "{NOIDA_DB} installed, but no noida_db/noida-db binary under {}",
+            venv.display()
+        )
+    })
+}
+
+/// `venv/lib/python3.X/site-packages/noida_db/noida-db`, if installed.
+fn broker_binary(venv: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(venv.join("lib"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("site-packages/noida_db/noida-db"))
+        .find(|p| p.is_file())
+}
+
+impl Service for Kafka {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn debian_packages(&self) -> &'static [&'static str] {
+        &["python3-venv"]
+    }
+
+    fn up(&self, dir: &Path) -> Result<()> {
+        if running_pid(dir).is_some() {
+            return Ok(());
+        }
+        let bin = install(dir)?;
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data)?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["start", "--host", "127.0.0.1", "--only", "kafka"])
+            .args(["--kafka-port", &PORT.to_string()])
+            .arg("--data-dir")
+            .arg(&data);
+        spawn_daemon(dir, cmd, PORT, Duration::from_secs(20))?;
+        Ok(())
+    }
+
+    fn down(&self, dir: &Path) -> Result<()> {
+        stop_daemon(dir, Duration::from_secs(5))
+    }
+
+    fn status(&self, dir: &Path) -> Result<String> {
+        Ok(match running_pid(dir) {
+            Some(pid) => format!("running on 127.0.0.1:{PORT} (pid {pid})"),
+            None => "stopped".into(),
+        })
+    }
+}
