@@ -87,6 +87,10 @@ impl Service for Postgres {
         "postgres"
     }
 
+    fn debian_packages(&self) -> &'static [&'static str] {
+        &["postgresql-15"]
+    }
+
     fn up(&self, dir: &Path) -> Result<()> {
         if running_pid(dir).is_some() {
             return Ok(());
