@@ -255,7 +255,7 @@ fn customer(i: usize) -> String {
     format!("c-{:02}", i * 7 % 23)
 }
 fn paid(i: usize) -> bool {
-    i % 3 != 0
+    !i.is_multiple_of(3)
 }
 fn order_value(i: usize) -> usize {
     i * 37 % 1000 + 1

@@ -202,11 +202,12 @@ struct MemoryInner {
     may_expire: bool,
 }
 
-/// A keyed entry. The boxed value (16 bytes, where a `Vec` takes 24) keeps the table
-/// small: a batch write is bound by cache misses on it, not by instructions.
+/// A keyed entry. With its `String` key a table slot is 64 bytes, one cache line: a
+/// batch write is bound by cache misses, and a `Box<[u8]>` value (56-byte slots that
+/// straddle lines) measured more misses per insert under callgrind, not fewer.
 #[derive(Debug)]
 struct Entry {
-    value: Box<[u8]>,
+    value: Vec<u8>,
     expires: Option<Instant>,
 }
 
@@ -242,7 +243,6 @@ impl MemoryInner {
         self.may_expire |= expires.is_some();
         self.writes_since_sweep += entries.len();
         for (key, value) in entries {
-            let value = value.into_boxed_slice();
             self.entries.insert(key, Entry { value, expires });
         }
         // Expire actively so keys that are never read again do not accumulate; one pass
@@ -264,7 +264,7 @@ impl StateStore for MemoryStateStore {
             .entries
             .get(key)
             .filter(|e| e.live(Instant::now))
-            .map(|e| e.value.to_vec()))
+            .map(|e| e.value.clone()))
     }
 
     async fn put(
@@ -290,7 +290,7 @@ impl StateStore for MemoryStateStore {
             .entries
             .iter()
             .filter(|(k, e)| k.starts_with(prefix) && e.live(|| now))
-            .map(|(k, e)| (k.clone(), e.value.to_vec()))
+            .map(|(k, e)| (k.clone(), e.value.clone()))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
@@ -463,7 +463,11 @@ mod tests {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
         store.put_batch(batch("new"), None).await.unwrap();
-        assert_eq!(store.lock().entries.len(), 1024, "the expired batch is gone");
+        assert_eq!(
+            store.lock().entries.len(),
+            1024,
+            "the expired batch is gone"
+        );
         assert!(!store.lock().may_expire);
         assert_eq!(store.get("new:7").await.unwrap(), Some(vec![1]));
     }
