@@ -169,14 +169,7 @@ impl<'a> Ctx<'a> {
 /// [`Value::get_path_expr`]). Missing → [`Value::Missing`].
 #[inline]
 pub fn doc_path<'a>(doc: &'a Document, path: &[Str]) -> Cow<'a, Value> {
-    let Some((first, rest)) = path.split_first() else {
-        return Cow::Owned(Value::Missing);
-    };
-    match doc.get(first) {
-        None => Cow::Owned(Value::Missing),
-        Some(v) if rest.is_empty() => Cow::Borrowed(v),
-        Some(v) => v.get_path_expr(rest),
-    }
+    doc_path_hinted(doc, path, &FieldHint::default())
 }
 
 /// [`doc_path`] whose first component is looked up with `hint`.
