@@ -1,11 +1,11 @@
 //! Scale-out by consumer group: three `srotax run` processes with the same `groupId`
-//! share a 6-partition topic while orders keep arriving; one is stopped mid-stream and
-//! its partitions move to the other two; every input reaches the output (at-least-once:
-//! nothing lost). Uses the broker of `cargo xtask services up` (127.0.0.1:19092, or
-//! `SROTAX_TEST_KAFKA_BOOTSTRAP`).
-//!
-//! The pipeline is stateless: keyed state does not move with partitions yet (see
-//! docs/connectors/kafka.md, "Scaling and rebalances").
+//! run the orders-ltv pipeline (`$match` PAID → `$group` per customer) on a 6-partition
+//! topic while orders keep arriving, with their state in a shared Redis. One is stopped
+//! mid-stream; its partitions move to the other two *with their `$group` state*; the
+//! last value of every customer in the output equals the exact totals of the input
+//! (nothing lost, nothing counted twice). Uses the broker and Redis of
+//! `cargo xtask services up` (127.0.0.1:19092 and redis://127.0.0.1:16379, or
+//! `SROTAX_TEST_KAFKA_BOOTSTRAP` / `SROTAX_TEST_REDIS_URL`).
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -14,7 +14,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,6 +24,23 @@ const BIN: &str = env!("CARGO_BIN_EXE_srotax");
 const PARTITIONS: i32 = 6;
 const ROUNDS: i64 = 60;
 const PER_ROUND: i64 = 200;
+const CUSTOMERS: i64 = 97;
+
+/// Order `id`: customer, paid or not, value (integers, so sums are exact).
+fn order(id: i64) -> (String, bool, i64) {
+    (format!("c{}", id % CUSTOMERS), id % 5 != 0, id % 50 + 1)
+}
+
+fn redis_url() -> String {
+    let url =
+        std::env::var("SROTAX_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".into());
+    let addr = url.trim_start_matches("redis://").trim_end_matches('/');
+    assert!(
+        TcpStream::connect(addr).is_ok(),
+        "no Redis answers at {url}: run `cargo xtask services up` (or set SROTAX_TEST_REDIS_URL)"
+    );
+    url
+}
 
 fn bootstrap() -> String {
     let addr =
@@ -95,8 +112,9 @@ fn stop(child: &mut Child) {
 }
 
 #[test]
-fn three_processes_share_a_topic_and_take_over_a_stopped_ones_partitions() {
+fn three_processes_share_a_topic_and_take_over_a_stopped_ones_partitions_and_state() {
     let bootstrap = bootstrap();
+    let redis = redis_url();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -128,18 +146,21 @@ fn three_processes_share_a_topic_and_take_over_a_stopped_ones_partitions() {
         }
     });
 
-    // One definition, one state directory per process (`${STATE_DIR}`).
+    // One definition for the three processes, one shared state store.
     let def = dir.join("scale.json");
     std::fs::write(
         &def,
         format!(
-            r#"{{"pipelineId": "scale-out",
+            r#"{{"pipelineId": "scale-out-{run_id}",
                 "source": {{"type": "kafka", "options": {{"bootstrapServers": "{bootstrap}", "topics": "{input}", "groupId": "{group}",
                     "maxOffsetsPerTrigger": 50}}}},
-                "pipeline": [{{"$project": {{"_id": "$id", "by": "$_stream_meta.source.partition"}}}}],
-                "sink": {{"type": "kafka", "options": {{"bootstrapServers": "{bootstrap}", "topic": "{output}"}}}},
+                "pipeline": [
+                    {{"$match": {{"status": "PAID"}}}},
+                    {{"$group": {{"_id": "$customerId", "orderCount": {{"$count": {{}}}}, "lifetimeValue": {{"$sum": "$orderValue"}}}}}}
+                ],
+                "sink": {{"type": "kafka", "options": {{"bootstrapServers": "{bootstrap}", "topic": "{output}", "key": "$_id"}}}},
                 "runtime": {{"microBatchSize": 50, "maxBatchDelay": "20 ms", "checkpointInterval": "100 ms"}},
-                "state": {{"type": "file", "options": {{"path": "${{STATE_DIR}}"}}}}}}"#
+                "state": {{"type": "redis", "options": {{"url": "{redis}", "keyPrefix": "srotax-scale-out"}}}}}}"#
         ),
     )
     .unwrap();
@@ -150,7 +171,6 @@ fn three_processes_share_a_topic_and_take_over_a_stopped_ones_partitions() {
         Command::new(BIN)
             .arg("run")
             .arg(&def)
-            .env("STATE_DIR", dir.join(format!("state-{i}")))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&logs[i]).unwrap())
@@ -168,9 +188,13 @@ fn three_processes_share_a_topic_and_take_over_a_stopped_ones_partitions() {
             for round in 0..ROUNDS {
                 for j in 0..PER_ROUND {
                     let id = round * PER_ROUND + j;
-                    let value = format!(r#"{{"id": {id}}}"#);
-                    let key = format!("k{}", id % 97);
-                    p.send_result(FutureRecord::to(&producer_topic).key(&key).payload(&value))
+                    let (customer, paid, value) = order(id);
+                    let status = if paid { "PAID" } else { "NEW" };
+                    let doc = format!(
+                        r#"{{"id": {id}, "customerId": "{customer}", "status": "{status}", "orderValue": {value}}}"#
+                    );
+                    // Keyed by customer: a customer's orders are all in one partition.
+                    p.send_result(FutureRecord::to(&producer_topic).key(&customer).payload(&doc))
                         .unwrap();
                 }
                 tokio::time::sleep(Duration::from_millis(150)).await;
@@ -226,38 +250,52 @@ fn three_processes_share_a_topic_and_take_over_a_stopped_ones_partitions() {
     stop(&mut children[0]);
     stop(&mut children[2]);
 
-    // Every order reached the output, from all six partitions.
+    // The last value of each customer is its exact total over the whole input.
+    let mut expected: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for id in 0..total {
+        let (customer, paid, value) = order(id);
+        if paid {
+            let e = expected.entry(customer).or_default();
+            e.0 += 1;
+            e.1 += value;
+        }
+    }
     let consumer: BaseConsumer = client(&bootstrap)
         .set("group.id", format!("reader-{run_id}"))
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
     consumer.subscribe(&[&output]).unwrap();
-    let mut seen: HashMap<i64, usize> = HashMap::new();
-    let mut partitions = BTreeSet::new();
+    // Upserts keyed by customer: one output partition per key keeps them in order.
+    let mut last_value: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let mut updates = 0;
     let mut last = Instant::now();
     while last.elapsed() < Duration::from_secs(3) {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m.unwrap();
             let d = parse_document(std::str::from_utf8(m.payload().unwrap()).unwrap()).unwrap();
-            *seen
-                .entry(d.get("_id").and_then(Value::as_i64_exact).unwrap())
-                .or_default() += 1;
-            partitions.insert(d.get("by").and_then(Value::as_i64_exact).unwrap());
+            let field = |f: &str| d.get(f).and_then(Value::as_i64_exact).unwrap();
+            let id = d.get("_id").and_then(Value::as_str).unwrap().to_string();
+            last_value.insert(id, (field("orderCount"), field("lifetimeValue")));
+            updates += 1;
             last = Instant::now();
         }
     }
-    let missing: Vec<i64> = (0..total).filter(|id| !seen.contains_key(id)).collect();
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter(|(c, e)| last_value.get(*c) != Some(e))
+        .map(|(c, e)| format!("{c}: expected {e:?}, got {:?}", last_value.get(c)))
+        .collect();
     assert!(
-        missing.is_empty(),
-        "lost {} orders: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(20)]
+        wrong.is_empty() && last_value.len() == expected.len(),
+        "{} of {} customers wrong (count, sum): {:?}",
+        wrong.len(),
+        expected.len(),
+        &wrong[..wrong.len().min(10)]
     );
-    assert_eq!(partitions.len(), PARTITIONS as usize);
-    let replayed: usize = seen.values().map(|n| n - 1).sum();
     eprintln!(
-        "scale-out: 3 processes, one stopped mid-stream at {before}/{total}; its partitions {stopped:?} moved; all {total} orders delivered ({replayed} replayed at-least-once)"
+        "scale-out: 3 processes, one stopped mid-stream at {before}/{total}; its partitions {stopped:?} moved with their state; all {} customers exact ({updates} updates read)",
+        expected.len()
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
