@@ -27,7 +27,9 @@ use super::definition::{
 };
 use super::error_policy::{Decision, ErrorPolicy};
 use super::metrics::{MetricsRegistry, MetricsSnapshot, PipelineMetrics};
-use super::partition_state::{clear_slices, is_stateful, load_slices, PartitionSlice, Runs};
+use super::partition_state::{
+    clear_slices, is_stateful, load_slices, EncodedSlices, PartitionSlice, Runs,
+};
 use super::state::{
     Checkpoint, MemoryStateStoreProvider, StateError, StateStore, StateStoreProvider,
 };
@@ -393,13 +395,20 @@ enum SourceMsg {
 struct SinkMsg {
     documents: Vec<Document>,
     dead_letters: Vec<Document>,
-    /// Positions and operator state to checkpoint once this message is delivered.
-    checkpoint: Option<(SourcePositions, Vec<Value>)>,
-    /// With per-partition state, the checkpoint is these slices (`(key, encoded)`).
-    slices: Option<Vec<(String, Vec<u8>)>>,
+    /// The checkpoint to save once this message is delivered.
+    checkpoint: Option<PendingCheckpoint>,
     /// Answered once the checkpoint is saved and its positions sent to be committed
     /// (a rebalance waits for it before releasing partitions).
     handoff: Option<oneshot::Sender<()>>,
+}
+
+/// What the processing thread checkpoints.
+struct PendingCheckpoint {
+    positions: SourcePositions,
+    /// Operator state (empty with per-partition state).
+    state: Vec<Value>,
+    /// With per-partition state, the checkpoint is these slices.
+    slices: Option<EncodedSlices>,
 }
 
 async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
@@ -1101,18 +1110,20 @@ impl Processing {
                 }
             };
             self.metrics.set_stages(&self.stage_stats(&runs));
-            let (checkpoint, slices) = match ending {
+            let checkpoint = match ending {
                 // A finished bounded run has no state left to resume with.
-                Some(Ending::EndOfInput) if self.bounded => {
-                    (Some((positions.clone(), Vec::new())), None)
-                }
+                Some(Ending::EndOfInput) if self.bounded => Some(PendingCheckpoint {
+                    positions: positions.clone(),
+                    state: Vec::new(),
+                    slices: None,
+                }),
                 Some(_) => self.snapshot(&mut runs, &positions, true)?,
                 None if handoff.is_some()
                     || last_checkpoint.elapsed() >= self.checkpoint_interval =>
                 {
                     self.snapshot(&mut runs, &positions, false)?
                 }
-                None => (None, None),
+                None => None,
             };
             if checkpoint.is_some() {
                 last_checkpoint = Instant::now();
@@ -1125,7 +1136,6 @@ impl Processing {
                 documents: out,
                 dead_letters,
                 checkpoint,
-                slices,
                 handoff,
             };
             let depth = tx.max_capacity() - tx.capacity();
@@ -1154,40 +1164,33 @@ impl Processing {
     }
 
     /// The checkpoint to take now: positions with the operator state, or with
-    /// per-partition state, positions (and no state) with the partitions' slices (those
-    /// that processed records since their last save, or all when `all`). `None` when a
-    /// stage cannot export its state.
-    #[allow(clippy::type_complexity)]
+    /// per-partition state, with the slices of the partitions that processed records
+    /// since their last save (all of them when `all`). `None` when a stage cannot
+    /// export its state.
     fn snapshot(
         &self,
         runs: &mut Runs,
         positions: &SourcePositions,
         all: bool,
-    ) -> Result<
-        (
-            Option<(SourcePositions, Vec<Value>)>,
-            Option<Vec<(String, Vec<u8>)>>,
-        ),
-        RunError,
-    > {
+    ) -> Result<Option<PendingCheckpoint>, RunError> {
         let failed =
             |e: StageError| RunError::Internal(format!("cannot snapshot operator state: {e}"));
+        let checkpoint = |state, slices| PendingCheckpoint {
+            positions: positions.clone(),
+            state,
+            slices,
+        };
         if let Runs::PerPartition(_) = runs {
-            return Ok(
-                match runs
-                    .slices(&self.pipeline_id, positions, all)
-                    .map_err(failed)?
-                {
-                    Some(slices) => (Some((positions.clone(), Vec::new())), Some(slices)),
-                    None => (None, None),
-                },
-            );
+            let slices = runs
+                .slices(&self.pipeline_id, positions, all)
+                .map_err(failed)?;
+            return Ok(slices.map(|s| checkpoint(Vec::new(), Some(s))));
         }
         let mut states = runs.any().checkpoint_state().map_err(failed)?;
         if let (Some(states), Some(tracker)) = (states.as_mut(), &self.tracker) {
             states.push(tracker.checkpoint_state());
         }
-        Ok((states.map(|s| (positions.clone(), s)), None))
+        Ok(states.map(|s| checkpoint(s, None)))
     }
 
     fn process(
@@ -1466,7 +1469,6 @@ impl Delivery {
                 documents,
                 mut dead_letters,
                 checkpoint,
-                slices,
                 handoff,
             } = msg;
             let written = if documents.is_empty() {
@@ -1479,7 +1481,12 @@ impl Delivery {
             if !dead_letters.is_empty() {
                 self.write_dead_letters(&dead_letters).await?;
             }
-            if let Some((positions, state)) = checkpoint {
+            if let Some(PendingCheckpoint {
+                positions,
+                state,
+                slices,
+            }) = checkpoint
+            {
                 self.sequence += 1;
                 let cp = Checkpoint {
                     pipeline_id: self.pipeline_id.clone(),
@@ -1662,7 +1669,7 @@ impl Delivery {
     }
 
     /// Saves partitions' slices (one `put_batch`) and makes them durable.
-    async fn save_slices(&mut self, slices: Vec<(String, Vec<u8>)>) -> Result<(), RunError> {
+    async fn save_slices(&mut self, slices: EncodedSlices) -> Result<(), RunError> {
         if !slices.is_empty() {
             retry_store(|| self.store.put_batch(slices.clone(), None)).await?;
         }

@@ -25,6 +25,9 @@ use crate::value::{parse_document, Document, ExtJsonMode, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Encoded slices to save: `(state-store key, encoded slice)`.
+pub(crate) type EncodedSlices = Vec<(String, Vec<u8>)>;
+
 /// The state-store key of a partition's slice.
 pub fn slice_key(pipeline_id: &str, partition: &str) -> String {
     format!("{}{partition}", slice_prefix(pipeline_id))
@@ -234,7 +237,7 @@ impl Runs {
         pipeline_id: &str,
         positions: &SourcePositions,
         all: bool,
-    ) -> Result<Option<Vec<(String, Vec<u8>)>>, StageError> {
+    ) -> Result<Option<EncodedSlices>, StageError> {
         let Runs::PerPartition(p) = self else {
             return Ok(Some(Vec::new()));
         };
