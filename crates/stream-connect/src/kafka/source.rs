@@ -299,6 +299,11 @@ impl ConsumerContext for SourceContext {
     }
 }
 
+/// The names of partitions, as in positions.
+fn names(parts: &[TopicPartition]) -> Vec<String> {
+    parts.iter().map(|(t, p)| partition_name(t, *p)).collect()
+}
+
 /// Carries out a rebalance: releases `revoked` and starts reading `assigned` (see
 /// [`SourceContext::start_positions`]), incrementally under the cooperative protocol.
 fn apply_rebalance(
@@ -318,9 +323,6 @@ fn apply_rebalance(
             tpl.add_partition(topic, *partition);
         }
         tpl
-    };
-    let names = |parts: &[TopicPartition]| -> Vec<String> {
-        parts.iter().map(|(t, p)| partition_name(t, *p)).collect()
     };
     if !revoked.is_empty() {
         info!(pipeline = %pipeline_id, partitions = ?names(&revoked), "kafka partitions revoked");
@@ -816,9 +818,6 @@ impl Source for KafkaSource {
         }
         self.rebalance_reported = true;
         let pending = lock(&self.shared.pending);
-        let names = |parts: &[TopicPartition]| -> Vec<String> {
-            parts.iter().map(|(t, p)| partition_name(t, *p)).collect()
-        };
         Some(Rebalance {
             revoked: names(&pending.revoked),
             assigned: names(&pending.assigned),
