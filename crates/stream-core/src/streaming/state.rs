@@ -132,6 +132,12 @@ pub trait StateStore: Send + Sync + fmt::Debug {
         }
         Ok(())
     }
+    /// Makes every keyed write so far durable, for stores that buffer them until the
+    /// next checkpoint (file); the network stores write through. Partition state
+    /// ([`super::partition_state`]) is saved as keyed entries followed by this call.
+    async fn sync(&self) -> Result<(), StateError> {
+        Ok(())
+    }
     /// Stores a checkpoint atomically: after a crash at any moment, `load_checkpoint`
     /// returns either this checkpoint or the previous one, never a mix. Its id is its
     /// `sequence`; saving the same sequence again replaces that checkpoint.
