@@ -174,12 +174,13 @@ impl Stage for Bucket {
         let ctx = Ctx::new(&doc, env);
         let config = &*self.config;
         let slot = config.slot(config.group_by.eval(&ctx)?.as_ref())?;
-        let inputs = config.fields.eval_inputs(&ctx)?;
+        let mut inputs = config.fields.new_inputs();
+        config.fields.eval_inputs(&ctx, &mut inputs)?;
         let row = match &mut self.rows[slot] {
             Some(row) => row,
             empty => empty.insert(config.fields.start(&config.slot_id(slot), env)?),
         };
-        OutputFields::apply(row, inputs, &ctx)
+        OutputFields::apply(row, &mut inputs, &ctx)
     }
 
     fn finish(&mut self, _env: &Env, out: &mut Vec<Document>) -> Result<(), EvalError> {
@@ -600,9 +601,9 @@ impl Stage for BucketAuto {
         } else {
             key.into_owned()
         };
-        let inputs: Vec<Option<Value>> = config
-            .fields
-            .eval_inputs(&ctx)?
+        let mut inputs = config.fields.new_inputs();
+        config.fields.eval_inputs(&ctx, &mut inputs)?;
+        let inputs: Vec<Option<Value>> = inputs
             .as_mut_slice()
             .iter_mut()
             .map(|i| i.take().map(Cow::into_owned))

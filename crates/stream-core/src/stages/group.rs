@@ -149,18 +149,27 @@ impl OutputFields {
     }
 
     /// Evaluates every accumulator's input for one document (nothing is updated yet).
-    pub(crate) fn eval_inputs<'a>(&'a self, ctx: &Ctx<'a>) -> Result<Inputs<'a>, EvalError> {
-        let mut inputs = Inputs::new(self.specs.len());
+    /// Filled in place: the inputs are large enough that moving them costs.
+    pub(crate) fn eval_inputs<'a>(
+        &'a self,
+        ctx: &Ctx<'a>,
+        inputs: &mut Inputs<'a>,
+    ) -> Result<(), EvalError> {
         for (slot, spec) in inputs.as_mut_slice().iter_mut().zip(&self.specs) {
             *slot = spec.eval_input(ctx)?;
         }
-        Ok(inputs)
+        Ok(())
+    }
+
+    /// Empty inputs for [`OutputFields::eval_inputs`].
+    pub(crate) fn new_inputs(&self) -> Inputs<'_> {
+        Inputs::new(self.specs.len())
     }
 
     /// Folds inputs from [`OutputFields::eval_inputs`] into one group's states.
     pub(crate) fn apply<A: Accumulator>(
         row: &mut [A],
-        mut inputs: Inputs<'_>,
+        inputs: &mut Inputs<'_>,
         ctx: &Ctx<'_>,
     ) -> Result<(), EvalError> {
         for (acc, input) in row.iter_mut().zip(inputs.as_mut_slice()) {
@@ -461,7 +470,8 @@ impl GroupStage {
         let ctx = Ctx::new(doc, env);
         let config = &*self.config;
         let key = config.id.eval(&ctx)?;
-        let inputs = config.fields.eval_inputs(&ctx)?;
+        let mut inputs = config.fields.new_inputs();
+        config.fields.eval_inputs(&ctx, &mut inputs)?;
         let key: &Value = if key.is_missing() { &Value::Null } else { &key };
         let hash = self.index.hash(key);
         let i = match self.index.find(hash, key, &self.groups) {
@@ -479,7 +489,7 @@ impl GroupStage {
             }
         };
         let row = &mut self.groups[i];
-        OutputFields::apply(row.accs.as_mut_slice(), inputs, &ctx)?;
+        OutputFields::apply(row.accs.as_mut_slice(), &mut inputs, &ctx)?;
         if !row.changed {
             row.changed = true;
             self.changed.push(i);
