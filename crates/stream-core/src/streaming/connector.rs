@@ -152,10 +152,14 @@ pub trait Source: Send {
 #[async_trait]
 pub trait Sink: Send {
     /// Writes a batch. Returning `Ok` means the sink accepted it; it is acknowledged
-    /// (durable) after [`Sink::flush`].
+    /// (durable) after [`Sink::flush`]. The orchestrator may write several batches
+    /// before it flushes (it flushes before every checkpoint and whenever no further
+    /// batch is waiting), so a sink can keep earlier batches in flight meanwhile.
     async fn write(&mut self, batch: &[Document]) -> Result<(), ConnectorError>;
 
-    /// Makes everything written so far durable.
+    /// Makes everything written so far durable. An error means some of it may not be:
+    /// a transient one is retried by calling `flush` again, which must then deliver
+    /// everything written since the last successful flush.
     async fn flush(&mut self) -> Result<(), ConnectorError>;
 
     /// Where the sink's acknowledged output ends, for sinks that can roll back to it

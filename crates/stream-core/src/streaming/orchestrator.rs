@@ -14,7 +14,9 @@
 //! documents through one [`PipelineRun`] in order, so per-partition order and stateful
 //! stages are preserved. After the sink acknowledges a batch (write + flush), the sink
 //! task stores the batch's source positions together with the operator state it was
-//! produced with, then lets the source commit those positions. A restart restores both
+//! produced with, then lets the source commit those positions. The sink task flushes
+//! before each checkpoint and whenever no further batch is waiting; otherwise it
+//! writes the next batch while the sink is still delivering the earlier ones. A restart restores both
 //! and replays what followed: at-least-once delivery.
 
 use super::connector::{
@@ -1317,19 +1319,25 @@ impl Delivery {
         if self.transactional {
             self.sink.begin().await.map_err(RunError::Sink)?;
         }
+        // Written but not yet acknowledged by a flush.
+        let mut unflushed = 0;
         while let Some(msg) = rx.recv().await {
             let SinkMsg {
                 documents,
                 mut dead_letters,
                 checkpoint,
             } = msg;
-            let written = if documents.is_empty() {
-                0
-            } else {
-                self.deliver(&documents, &mut dead_letters).await?
-            };
-            self.flush().await?;
-            self.metrics.add_documents_out(written);
+            if !documents.is_empty() {
+                unflushed += self.deliver(&documents, &mut dead_letters).await?;
+            }
+            // Output counts as delivered, and a checkpoint may cover it, only once the
+            // sink acknowledged it. While further batches wait, write them first: the
+            // sink keeps delivering earlier ones meanwhile (Kafka: outstanding reports).
+            if checkpoint.is_some() || rx.is_empty() {
+                self.flush().await?;
+                self.metrics
+                    .add_documents_out(std::mem::take(&mut unflushed));
+            }
             if !dead_letters.is_empty() {
                 self.write_dead_letters(&dead_letters).await?;
             }
@@ -1362,6 +1370,9 @@ impl Delivery {
         if self.transactional {
             // Output after the last checkpoint is not covered by one: drop it.
             self.sink.abort().await.map_err(RunError::Sink)?;
+        } else if unflushed > 0 {
+            self.flush().await?;
+            self.metrics.add_documents_out(unflushed);
         }
         Ok(())
     }
