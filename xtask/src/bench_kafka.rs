@@ -109,6 +109,20 @@ pub fn run() -> Result<()> {
         if !ok {
             bail!("srotax run ({guarantee}) failed");
         }
+        // A run that stopped early would look fast: it must have consumed everything.
+        let out = Command::new(&baseline)
+            .args([
+                "--committed",
+                bootstrap,
+                &format!("srotax-bench-ltv-{guarantee}-{run_id}"),
+                &topic("orders"),
+            ])
+            .output()
+            .context("running kafka-baseline --committed")?;
+        let consumed: u64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+        if consumed != EVENTS {
+            bail!("srotax run ({guarantee}) consumed {consumed} of {EVENTS} messages");
+        }
         Ok(elapsed)
     };
 

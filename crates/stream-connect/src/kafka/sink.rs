@@ -29,6 +29,11 @@ use stream_core::streaming::{
 use stream_core::value::{Document, ExtJsonMode, Value};
 use tracing::info;
 
+/// Batches written before their delivery reports are awaited (see
+/// [`Sink::max_unflushed_batches`]): enough to keep the producer busy while the next
+/// batches come; their messages are kept until then, so not many more.
+const UNFLUSHED_BATCHES: usize = 8;
+
 /// Timeout of transaction calls (init, offsets, commit, abort).
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -381,6 +386,10 @@ impl Sink for KafkaSink {
                 Err(e)
             }
         }
+    }
+
+    fn max_unflushed_batches(&self) -> usize {
+        UNFLUSHED_BATCHES
     }
 
     fn is_transactional(&self) -> bool {

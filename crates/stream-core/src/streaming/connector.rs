@@ -152,10 +152,17 @@ pub trait Source: Send {
 #[async_trait]
 pub trait Sink: Send {
     /// Writes a batch. Returning `Ok` means the sink accepted it; it is acknowledged
-    /// (durable) after [`Sink::flush`]. The orchestrator may write several batches
-    /// before it flushes (it flushes before every checkpoint and whenever no further
-    /// batch is waiting), so a sink can keep earlier batches in flight meanwhile.
+    /// (durable) after [`Sink::flush`].
     async fn write(&mut self, batch: &[Document]) -> Result<(), ConnectorError>;
+
+    /// How many written batches the orchestrator may leave unflushed, so that the sink
+    /// keeps earlier batches in flight while it takes the next ones (Kafka: delivery
+    /// reports still to come). Whatever this says, the orchestrator flushes before every
+    /// checkpoint and whenever no further batch is waiting. The default, 1, flushes
+    /// after every write.
+    fn max_unflushed_batches(&self) -> usize {
+        1
+    }
 
     /// Makes everything written so far durable. An error means some of it may not be:
     /// a transient one is retried by calling `flush` again, which must then deliver

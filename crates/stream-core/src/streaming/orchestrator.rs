@@ -14,9 +14,9 @@
 //! documents through one [`PipelineRun`] in order, so per-partition order and stateful
 //! stages are preserved. After the sink acknowledges a batch (write + flush), the sink
 //! task stores the batch's source positions together with the operator state it was
-//! produced with, then lets the source commit those positions. The sink task flushes
-//! before each checkpoint and whenever no further batch is waiting; otherwise it
-//! writes the next batch while the sink is still delivering the earlier ones. A restart restores both
+//! produced with, then lets the source commit those positions. A sink may leave a few
+//! batches unflushed (`Sink::max_unflushed_batches`), delivering them while it takes the
+//! next ones; the sink task still flushes before every checkpoint. A restart restores both
 //! and replays what followed: at-least-once delivery.
 
 use super::connector::{
@@ -1319,8 +1319,9 @@ impl Delivery {
         if self.transactional {
             self.sink.begin().await.map_err(RunError::Sink)?;
         }
-        // Written but not yet acknowledged by a flush.
-        let mut unflushed = 0;
+        // Documents and batches written but not yet acknowledged by a flush.
+        let (mut unflushed, mut unflushed_batches) = (0, 0);
+        let max_unflushed = self.sink.max_unflushed_batches().max(1);
         while let Some(msg) = rx.recv().await {
             let SinkMsg {
                 documents,
@@ -1329,14 +1330,16 @@ impl Delivery {
             } = msg;
             if !documents.is_empty() {
                 unflushed += self.deliver(&documents, &mut dead_letters).await?;
+                unflushed_batches += 1;
             }
             // Output counts as delivered, and a checkpoint may cover it, only once the
-            // sink acknowledged it. While further batches wait, write them first: the
-            // sink keeps delivering earlier ones meanwhile (Kafka: outstanding reports).
-            if checkpoint.is_some() || rx.is_empty() {
+            // sink acknowledged it. While further batches wait, a sink that allows it
+            // takes them first and keeps delivering the earlier ones meanwhile.
+            if checkpoint.is_some() || rx.is_empty() || unflushed_batches >= max_unflushed {
                 self.flush().await?;
                 self.metrics
                     .add_documents_out(std::mem::take(&mut unflushed));
+                unflushed_batches = 0;
             }
             if !dead_letters.is_empty() {
                 self.write_dead_letters(&dead_letters).await?;
