@@ -23,17 +23,18 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [flag, bootstrap, a, b] = args.as_slice() {
         let result = match flag.as_str() {
-            "--create" => create(bootstrap, a, b.parse().unwrap_or(1)),
-            "--committed" => committed(bootstrap, a, b).map(|sum| println!("{sum}")),
-            _ => Err(format!("unknown option {flag}")),
+            "--create" => Some(create(bootstrap, a, b.parse().unwrap_or(1))),
+            "--committed" => Some(committed(bootstrap, a, b).map(|sum| println!("{sum}"))),
+            _ => None, // BOOTSTRAP IN_TOPIC OUT_TOPIC COUNT, below
         };
-        return match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
+        match result {
+            Some(Ok(())) => return ExitCode::SUCCESS,
+            Some(Err(e)) => {
                 eprintln!("kafka-baseline: {e}");
-                ExitCode::FAILURE
+                return ExitCode::FAILURE;
             }
-        };
+            None => {}
+        }
     }
     let [bootstrap, input, output, count] = args.as_slice() else {
         eprintln!("usage: kafka-baseline BOOTSTRAP IN_TOPIC OUT_TOPIC COUNT");

@@ -476,27 +476,29 @@ impl KafkaSource {
 }
 
 /// Whether an assigned partition holds records this consumer has not read yet, by the
-/// high watermark librdkafka cached from its last fetch response (no request is made).
+/// high watermarks of librdkafka's statistics (at most a second old; no request). In
+/// the first [`CATCH_UP_WAIT`] after the assignment, a partition whose position or
+/// high watermark is not known yet counts as behind too: librdkafka may still be
+/// looking up where it starts.
 fn behind(consumer: &SourceConsumer, shared: &Shared) -> bool {
+    let starting = lock(&shared.assigned_at).map_or(true, |at| at.elapsed() < CATCH_UP_WAIT);
     let assigned = lock(&shared.assigned).clone();
+    let high = lock(&shared.high_watermarks).clone();
     let read = lock(&shared.positions).clone();
     // librdkafka's own position also moves past transaction markers.
     let fetched = consumer.position().ok();
-    assigned.iter().any(|(topic, partition)| {
-        let Ok((_, high)) = consumer.get_watermark_offsets(topic, *partition) else {
-            return false;
-        };
+    assigned.iter().any(|tp| {
         let at = fetched
             .as_ref()
-            .and_then(|f| f.find_partition(topic, *partition))
+            .and_then(|f| f.find_partition(&tp.0, tp.1))
             .and_then(|e| match e.offset() {
                 Offset::Offset(o) => Some(o),
                 _ => None,
             });
-        read.get(&(topic.clone(), *partition))
-            .copied()
-            .max(at)
-            .is_some_and(|position| high > position)
+        match (read.get(tp).copied().max(at), high.get(tp)) {
+            (Some(position), Some(&high)) => high > position,
+            _ => starting,
+        }
     })
 }
 
@@ -531,7 +533,12 @@ fn to_record(m: &BorrowedMessage<'_>, metadata: bool, names: &mut PartitionNames
         }
     };
     let event_time = m.timestamp().to_millis();
-    let value = m.payload().map(String::from_utf8_lossy).unwrap_or_default();
+    let bytes = m.payload().unwrap_or_default();
+    // The common case, valid UTF-8, is checked with the fast validator.
+    let value = match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    };
     let text = if metadata {
         with_metadata(&value, m, event_time)
     } else {
@@ -618,9 +625,11 @@ impl Source for KafkaSource {
                     Some(at) => (started + max_wait).max(at + FIRST_FETCH_GRACE),
                     None => started + max_wait.max(FIRST_ASSIGNMENT_WAIT),
                 };
-                let wait = deadline
-                    .saturating_duration_since(Instant::now())
-                    .min(Duration::from_millis(100).max(max_wait));
+                // Past the deadline only while catching up (below): poll, do not spin.
+                let wait = match deadline.saturating_duration_since(Instant::now()) {
+                    Duration::ZERO => Duration::from_millis(10),
+                    left => left.min(Duration::from_millis(100).max(max_wait)),
+                };
                 match consumer.poll(wait) {
                     Some(Ok(m)) => records.push(to_record(&m, metadata, &mut names)),
                     Some(Err(e)) => return (Err(e), names),
