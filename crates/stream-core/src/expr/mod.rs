@@ -23,7 +23,7 @@ mod string;
 
 use crate::error::{path_index, path_key, CompileError, EvalError};
 use crate::functions::FunctionRegistry;
-use crate::value::{Document, Str, Value};
+use crate::value::{Document, FieldHint, Str, Value};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
@@ -37,8 +37,8 @@ pub type VarId = usize;
 pub enum Expr {
     /// A constant.
     Literal(Value),
-    /// `"$a.b.c"`: a path from `$$CURRENT`.
-    FieldPath(Arc<[Str]>),
+    /// `"$a.b.c"`: a path from `$$CURRENT`, with where its first component was last found.
+    FieldPath(Arc<[Str]>, FieldHint),
     /// `"$$name.a.b"`: a variable, optionally followed by a path.
     Variable(Variable, Arc<[Str]>),
     /// `[e1, e2, ...]`: an array whose elements are expressions (missing becomes null).
@@ -169,10 +169,16 @@ impl<'a> Ctx<'a> {
 /// [`Value::get_path_expr`]). Missing → [`Value::Missing`].
 #[inline]
 pub fn doc_path<'a>(doc: &'a Document, path: &[Str]) -> Cow<'a, Value> {
+    doc_path_hinted(doc, path, &FieldHint::default())
+}
+
+/// [`doc_path`] whose first component is looked up with `hint`.
+#[inline]
+fn doc_path_hinted<'a>(doc: &'a Document, path: &[Str], hint: &FieldHint) -> Cow<'a, Value> {
     let Some((first, rest)) = path.split_first() else {
         return Cow::Owned(Value::Missing);
     };
-    match doc.get(first) {
+    match doc.get_hinted(first, hint) {
         None => Cow::Owned(Value::Missing),
         Some(v) if rest.is_empty() => Cow::Borrowed(v),
         Some(v) => v.get_path_expr(rest),
@@ -185,7 +191,7 @@ impl Expr {
     pub fn eval<'a>(&'a self, ctx: &Ctx<'a>) -> Result<Cow<'a, Value>, EvalError> {
         match self {
             Expr::Literal(v) => Ok(Cow::Borrowed(v)),
-            Expr::FieldPath(path) => Ok(doc_path(ctx.current, path)),
+            Expr::FieldPath(path, hint) => Ok(doc_path_hinted(ctx.current, path, hint)),
             Expr::Variable(var, path) => Ok(eval_variable(*var, path, ctx)),
             Expr::Op(op) => op.eval(ctx),
             Expr::Array(items) => {
@@ -385,9 +391,10 @@ pub fn is_operator(name: &str) -> bool {
 pub fn compile_expr(v: &Value, path: &str, cx: &mut CompileCtx) -> Result<Expr, CompileError> {
     match v {
         Value::String(s) if s.starts_with("$$") => compile_variable(&s[2..], path, cx),
-        Value::String(s) if s.starts_with('$') => {
-            Ok(Expr::FieldPath(parse_field_path(&s[1..], path)?))
-        }
+        Value::String(s) if s.starts_with('$') => Ok(Expr::FieldPath(
+            parse_field_path(&s[1..], path)?,
+            FieldHint::default(),
+        )),
         Value::Array(items) => {
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {

@@ -9,7 +9,7 @@
 
 use crate::error::EvalError;
 use crate::expr::{Ctx, Expr};
-use crate::value::{canonical_rank, compare_values, Document, Number, Str, Value};
+use crate::value::{canonical_rank, compare_values, Document, FieldHint, Number, Str, Value};
 use std::cmp::Ordering;
 
 /// The value seen for an absent field.
@@ -19,6 +19,8 @@ static MISSING: Value = Value::Missing;
 #[derive(Debug, Clone)]
 pub(crate) struct Seg {
     pub name: Str,
+    /// Where this component was last found in a document.
+    pub hint: FieldHint,
     /// `Some(i)` when the component is a canonical decimal number (`0`, `12`, not `01`).
     pub index: Option<usize>,
 }
@@ -30,6 +32,7 @@ impl Seg {
             && (name.len() == 1 || !name.starts_with('0'));
         Seg {
             name: Str::from(name),
+            hint: FieldHint::default(),
             index: if canonical { name.parse().ok() } else { None },
         }
     }
@@ -345,7 +348,7 @@ impl Node {
                 // Fast path for the most common filter, a top-level field compared with a
                 // constant: without an array to traverse, the value is tested directly.
                 if let (Subject::Doc(d), [only], Test::Cmp(op, rhs)) = (subject, &path[..], test) {
-                    match d.get(&only.name) {
+                    match d.get_hinted(&only.name, &only.hint) {
                         Some(Value::Array(_)) => {}
                         Some(v) => return Ok(cmp_matches(*op, v, rhs)),
                         None => return Ok(cmp_matches(*op, &MISSING, rhs)),
@@ -362,9 +365,13 @@ impl Node {
                 let found = match (path.split_first(), subject) {
                     (None, Subject::Value(v)) => f(v),
                     (None, Subject::Doc(_)) => false,
-                    (Some((first, _)), Subject::Doc(d)) => {
-                        walk_from(d.get(&first.name), path, 0, *mode, &mut f)
-                    }
+                    (Some((first, _)), Subject::Doc(d)) => walk_from(
+                        d.get_hinted(&first.name, &first.hint),
+                        path,
+                        0,
+                        *mode,
+                        &mut f,
+                    ),
                     (Some((first, _)), Subject::Value(v)) => {
                         let start = match v {
                             Value::Document(d) => d.get(&first.name),
@@ -402,7 +409,7 @@ fn walk_from(
             _ if last => return f(v),
             Value::Document(d) => {
                 i += 1;
-                cur = d.get(&path[i].name);
+                cur = d.get_hinted(&path[i].name, &path[i].hint);
             }
             _ => return f(&MISSING),
         }

@@ -69,6 +69,13 @@ pub trait AccumulatorFactory: Send + Sync + fmt::Debug {
         Ok(None)
     }
 
+    /// The expression whose value is this accumulator's whole input, when it is one
+    /// (`{$sum: "$x"}`): [`AccumulatorSpec::eval_input`] then evaluates it directly,
+    /// without the dynamic call, on the path every grouped document takes.
+    fn plain_input(&self) -> Option<&Expr> {
+        None
+    }
+
     /// True when starting a group evaluates an expression of the group key (an `n` that
     /// is not a constant).
     fn uses_group_key(&self) -> bool {
@@ -94,12 +101,19 @@ pub struct AccumulatorSpec {
     /// Operator name, e.g. `$sum`.
     pub name: &'static str,
     factory: Arc<dyn AccumulatorFactory>,
+    /// The factory's [`AccumulatorFactory::plain_input`].
+    plain_input: Option<Expr>,
 }
 
 impl AccumulatorSpec {
     /// Wraps a factory.
     pub fn new(name: &'static str, factory: Arc<dyn AccumulatorFactory>) -> Self {
-        AccumulatorSpec { name, factory }
+        let plain_input = factory.plain_input().cloned();
+        AccumulatorSpec {
+            name,
+            factory,
+            plain_input,
+        }
     }
 
     /// New empty state for one group.
@@ -119,7 +133,10 @@ impl AccumulatorSpec {
 
     /// Evaluates the input of one document for a later [`Accumulator::add_input`].
     pub fn eval_input<'a>(&'a self, ctx: &Ctx<'a>) -> Result<Option<Cow<'a, Value>>, EvalError> {
-        self.factory.eval_input(ctx)
+        match &self.plain_input {
+            Some(e) => e.eval(ctx).map(Some),
+            None => self.factory.eval_input(ctx),
+        }
     }
 
     /// True when per-group state depends on the group key (see
@@ -497,6 +514,13 @@ impl<F: Fold> AccumulatorFactory for Factory<F> {
 
     fn eval_input<'a>(&'a self, ctx: &Ctx<'a>) -> Result<Option<Cow<'a, Value>>, EvalError> {
         self.input.eval(ctx).map(Some)
+    }
+
+    fn plain_input(&self) -> Option<&Expr> {
+        match &*self.input {
+            Input::Plain(e) => Some(e),
+            _ => None,
+        }
     }
 
     fn uses_group_key(&self) -> bool {

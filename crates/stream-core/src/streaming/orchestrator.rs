@@ -802,67 +802,80 @@ impl Parser {
         let fields = self.input_fields.as_deref();
         let prefix_len = self.prefix_len;
         let (time_field, env) = (self.time_field.as_ref(), &self.env);
-        let parse_one = |r: Record, prefix: Option<&mut PipelineRun>| {
-            let (document, raw) = match r.payload {
-                // A document source (generator, memory) gives whole documents: drop
-                // the fields the pipeline never reads here, on the workers, rather than
-                // carry (and, in hopping windows, copy) them through every stage. The
-                // error policy's copy of the original keeps them all.
-                Payload::Document(mut d) => {
-                    if let (Some(f), false) = (fields, keep_original) {
-                        d.retain(|k, _| f.contains(k));
+        let parse_one =
+            |r: Record, prefix: Option<&mut PipelineRun>, scratch: &mut Vec<Document>| {
+                let (document, raw) = match r.payload {
+                    // A document source (generator, memory) gives whole documents: drop
+                    // the fields the pipeline never reads here, on the workers, rather than
+                    // carry (and, in hopping windows, copy) them through every stage. The
+                    // error policy's copy of the original keeps them all.
+                    Payload::Document(mut d) => {
+                        if let (Some(f), false) = (fields, keep_original) {
+                            d.retain(|k, _| f.contains(k));
+                        }
+                        (Ok(d), None)
                     }
-                    (Ok(d), None)
-                }
-                Payload::Json(text) => {
-                    let doc = match fields {
-                        Some(f) => parse_document_fields(&text, f),
-                        None => parse_document(&text),
-                    };
-                    // The text is kept when the record may be dead-lettered: the parsed
-                    // document holds only the fields the pipeline reads, a dead letter
-                    // must carry the whole input.
-                    let keep_text = doc.is_err() || keep_original;
-                    (doc.map_err(|e| e.to_string()), keep_text.then_some(text))
-                }
-            };
-            let mut event_time = r.event_time;
-            let document = match (document, time_field) {
-                (Ok(d), Some(expr)) => match event_time_of(expr, &d, env) {
-                    Ok(t) => {
-                        event_time = Some(t);
-                        Ok(d)
+                    Payload::Json(text) => {
+                        let doc = match fields {
+                            Some(f) => parse_document_fields(&text, f),
+                            None => parse_document(&text),
+                        };
+                        // The text is kept when the record may be dead-lettered: the parsed
+                        // document holds only the fields the pipeline reads, a dead letter
+                        // must carry the whole input.
+                        let keep_text = doc.is_err() || keep_original;
+                        (doc.map_err(|e| e.to_string()), keep_text.then_some(text))
                     }
-                    Err(m) => Err(m),
-                },
-                (document, _) => document,
-            };
-            let original = match &document {
-                Ok(d) if keep_original => Some(d.clone()),
-                _ => None,
-            };
-            let document = document.map(|d| match prefix {
-                Some(run) if prefix_len > 0 => {
-                    let (mut outputs, mut errors) = (Vec::new(), Vec::new());
-                    run.push(d, &mut outputs, &mut errors);
-                    Ready::Prefixed { outputs, errors }
+                };
+                let mut event_time = r.event_time;
+                let document = match (document, time_field) {
+                    (Ok(d), Some(expr)) => match event_time_of(expr, &d, env) {
+                        Ok(t) => {
+                            event_time = Some(t);
+                            Ok(d)
+                        }
+                        Err(m) => Err(m),
+                    },
+                    (document, _) => document,
+                };
+                let original = match &document {
+                    Ok(d) if keep_original => Some(d.clone()),
+                    _ => None,
+                };
+                let document = document.map(|d| match prefix {
+                    Some(run) if prefix_len > 0 => {
+                        let mut errors = Vec::new();
+                        run.push(d, scratch, &mut errors);
+                        match (scratch.len(), errors.is_empty()) {
+                            (1, true) => Ready::PrefixedOne(scratch.remove(0)),
+                            // Filtered out: keep the scratch vector's memory for the next one.
+                            (0, _) => Ready::Prefixed {
+                                outputs: Vec::new(),
+                                errors,
+                            },
+                            _ => Ready::Prefixed {
+                                outputs: std::mem::take(scratch),
+                                errors,
+                            },
+                        }
+                    }
+                    _ => Ready::Document(d),
+                });
+                Parsed {
+                    document,
+                    raw,
+                    original,
+                    partition: r.partition,
+                    position: r.position,
+                    event_time,
                 }
-                _ => Ready::Document(d),
-            });
-            Parsed {
-                document,
-                raw,
-                original,
-                partition: r.partition,
-                position: r.position,
-                event_time,
-            }
-        };
+            };
         if records.len() < 64 {
             let mut prefix = self.prefix_runs.first_mut();
+            let mut scratch = Vec::new();
             return vec![records
                 .into_iter()
-                .map(|r| parse_one(r, prefix.as_deref_mut()))
+                .map(|r| parse_one(r, prefix.as_deref_mut(), &mut scratch))
                 .collect()];
         }
         // Contiguous chunks, each with its own prefix run; results keep the input order.
@@ -882,9 +895,10 @@ impl Parser {
                 .into_par_iter()
                 .zip(runs.par_iter_mut())
                 .map(|(chunk, run)| {
+                    let mut scratch = Vec::new();
                     chunk
                         .into_iter()
-                        .map(|r| parse_one(r, Some(&mut *run)))
+                        .map(|r| parse_one(r, Some(&mut *run), &mut scratch))
                         .collect()
                 })
                 .collect()
@@ -933,6 +947,9 @@ fn uses_late_side_output(v: &Value) -> bool {
 enum Ready {
     /// Not yet processed by any stage.
     Document(Document),
+    /// The only output of the first `prefix_len` stages, which had no error: the common
+    /// case (a `$match` keeping the document), carried without a vector to allocate.
+    PrefixedOne(Document),
     /// The outputs (and errors) of the first `prefix_len` stages.
     Prefixed {
         outputs: Vec<Document>,
@@ -1089,6 +1106,7 @@ impl Processing {
         }
         match ready {
             Ready::Document(doc) => run.push(doc, out, &mut errors),
+            Ready::PrefixedOne(doc) => run.push_at(self.prefix_len, doc, out, &mut errors),
             Ready::Prefixed {
                 outputs,
                 errors: prefix_errors,

@@ -514,43 +514,42 @@ pub fn parse_iso_date(s: &str) -> Option<i64> {
 /// The common shape `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`, parsed without allocating; dates in
 /// event streams are nearly always in this form. Anything else returns `None`.
 fn parse_utc_date_fast(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-    {
+    let all = s.as_bytes();
+    // A fixed-size head: the digit reads below need no bounds checks.
+    let b = all.first_chunk::<20>()?;
+    if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let mut n = 0i64;
-        for &c in &b[r] {
-            if !c.is_ascii_digit() {
-                return None;
-            }
-            n = n * 10 + i64::from(c - b'0');
-        }
-        Some(n)
+    let digit = |c: u8| {
+        let d = c.wrapping_sub(b'0');
+        (d < 10).then_some(i64::from(d))
     };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let two = |i: usize| Some(digit(b[i])? * 10 + digit(b[i + 1])?);
+    let year = two(0)? * 100 + two(2)?;
+    let (month, day) = (two(5)?, two(8)?);
+    let (hour, minute, second) = (two(11)?, two(14)?, two(17)?);
     let mut millis = 0;
     let rest = match b[19] {
         b'.' => {
-            let digits = b[20..].iter().take_while(|c| c.is_ascii_digit()).count();
-            if digits == 0 || digits > 9 {
+            let (mut frac, mut digits) = (0i64, 0u32);
+            for &c in &all[20..] {
+                let Some(d) = digit(c) else { break };
+                frac = frac * 10 + d;
+                digits += 1;
+                if digits > 9 {
+                    return None;
+                }
+            }
+            if digits == 0 {
                 return None;
             }
-            let frac = num(20..20 + digits)?;
             millis = match digits {
                 3 => frac,
-                _ => frac * 1000 / 10i64.pow(digits as u32),
+                _ => frac * 1000 / 10i64.pow(digits),
             };
-            &b[20 + digits..]
+            &all[20 + digits as usize..]
         }
-        _ => &b[19..],
+        _ => &all[19..],
     };
     if rest != b"Z" {
         return None;
@@ -898,6 +897,14 @@ mod tests {
             "2024-04-31T00:00:00Z",
             "2024-13-01T00:00:00Z",
             "2024-00-10T00:00:00Z",
+            "2024-0a-10T00:00:00Z",
+            "2024-01-10T24:00:00Z",
+            "2024-01-10T00:00:00.Z",
+            "2024-01-10T00:00:00.1234567890Z",
+            "2024-01-10T00:00:00.123",
+            "2024-01-10T00:00:00",
+            "2024-01-10T00:00:00ZZ",
+            "+2024-01-10T00:00:00Z",
         ] {
             assert_eq!(parse_utc_date_fast(bad), None, "{bad}");
         }

@@ -47,8 +47,9 @@ fn length_bit(len: usize) -> u64 {
     1 << len.min(63)
 }
 
-/// A key's length, first eight bytes and last eight bytes: equal keys have equal probes,
-/// and keys of up to 16 bytes with equal probes are equal (the bytes cover the key).
+/// A key's length and its first and last eight (or, below eight bytes, four) bytes:
+/// equal keys have equal probes, and keys of up to 16 bytes with equal probes are equal
+/// (the bytes cover the key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct KeyProbe {
     len: usize,
@@ -67,6 +68,14 @@ impl KeyProbe {
         // to a `memcpy` call costing more than the whole probe.
         let (head, tail) = match (b.first_chunk::<8>(), b.last_chunk::<8>()) {
             (Some(h), Some(t)) => (u64::from_le_bytes(*h), u64::from_le_bytes(*t)),
+            // Four to seven bytes: the first and last four overlap and cover the key.
+            _ if b.len() >= 4 => match (b.first_chunk::<4>(), b.last_chunk::<4>()) {
+                (Some(h), Some(t)) => (
+                    u64::from(u32::from_le_bytes(*h)) | u64::from(u32::from_le_bytes(*t)) << 32,
+                    0,
+                ),
+                _ => (0, 0),
+            },
             _ => {
                 let h = b
                     .iter()

@@ -54,7 +54,7 @@ impl Stage for ReplaceRoot {
         out: &mut Vec<Document>,
     ) -> Result<(), EvalError> {
         // A plain path to an embedded document moves it out instead of cloning it.
-        if let Expr::FieldPath(segs) = &*self.expr {
+        if let Expr::FieldPath(segs, _) = &*self.expr {
             if let Some(Value::Document(d)) = path_mut(&mut doc, segs) {
                 out.push(std::mem::take(d));
                 return Ok(());
