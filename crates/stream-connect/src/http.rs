@@ -329,7 +329,7 @@ mod tests {
         b.insert("y", Value::string("z"));
         let docs = [a, b];
         let url = ("url", Value::string("http://127.0.0.1:1/r"));
-        let array = sink(&[url.clone()]).unwrap();
+        let array = sink(std::slice::from_ref(&url)).unwrap();
         assert_eq!(array.body(&docs), r#"[{"x":1},{"y":"z"}]"#);
         assert_eq!(array.body(&[]), "[]");
         let lines = sink(&[url, ("format", Value::string("jsonl"))]).unwrap();

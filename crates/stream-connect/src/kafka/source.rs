@@ -481,7 +481,7 @@ impl KafkaSource {
 /// high watermark is not known yet counts as behind too: librdkafka may still be
 /// looking up where it starts.
 fn behind(consumer: &SourceConsumer, shared: &Shared) -> bool {
-    let starting = lock(&shared.assigned_at).map_or(true, |at| at.elapsed() < CATCH_UP_WAIT);
+    let starting = lock(&shared.assigned_at).is_none_or(|at| at.elapsed() < CATCH_UP_WAIT);
     let assigned = lock(&shared.assigned).clone();
     let high = lock(&shared.high_watermarks).clone();
     let read = lock(&shared.positions).clone();
