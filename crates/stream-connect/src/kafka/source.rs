@@ -6,7 +6,7 @@ use super::{
 };
 use async_trait::async_trait;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, RebalanceProtocol,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -15,11 +15,12 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 use stream_core::streaming::{
-    ConnectorConfig, ConnectorError, DefinitionError, Payload, Record, Source, SourceBatch,
-    SourcePositions,
+    ConnectorConfig, ConnectorError, DefinitionError, Payload, Rebalance, Record, Source,
+    SourceBatch, SourcePositions,
 };
 use stream_core::value::{Document, Value};
 use tracing::{info, warn};
@@ -208,6 +209,20 @@ struct Shared {
     assigned: Mutex<BTreeSet<TopicPartition>>,
     /// When the group first assigned partitions to this consumer.
     assigned_at: Mutex<Option<Instant>>,
+    /// A rebalance received in `poll` and held until the orchestrator has handled it
+    /// (checkpointed the revoked partitions, loaded the assigned ones' state):
+    /// librdkafka waits for our (un)assign call before the group moves on.
+    pending: Mutex<Pending>,
+    /// `pending` is not empty (checked per message, so not behind the lock).
+    rebalancing: AtomicBool,
+    /// The source is being dropped: the consumer's close revokes everything at once.
+    closing: AtomicBool,
+}
+
+#[derive(Default)]
+struct Pending {
+    revoked: Vec<TopicPartition>,
+    assigned: Vec<TopicPartition>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -242,32 +257,42 @@ impl ConsumerContext for SourceContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        let partitions = || -> Vec<TopicPartition> {
+            tpl.elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect()
+        };
+        let closing = self.shared.closing.load(Ordering::Acquire);
         match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if !closing => {
+                lock(&self.shared.pending).assigned.extend(partitions());
+                self.shared.rebalancing.store(true, Ordering::Release);
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if !closing => {
+                // Released only after the orchestrator checkpointed them and committed
+                // their offsets (`finish_rebalance`): the next owner starts there.
+                lock(&self.shared.pending).revoked.extend(partitions());
+                self.shared.rebalancing.store(true, Ordering::Release);
+            }
+            // Closing: the final checkpoint is saved and committed already.
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.start_positions(consumer, tpl);
-                let names: Vec<String> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| partition_name(e.topic(), e.partition()))
-                    .collect();
-                info!(pipeline = %self.pipeline_id, partitions = ?names, "kafka partitions assigned");
-                if let Err(e) = consumer.assign(tpl) {
-                    warn!(pipeline = %self.pipeline_id, error = %e, "assigning kafka partitions failed");
-                }
-                lock(&self.shared.assigned_at).get_or_insert_with(Instant::now);
-                let mut assigned = lock(&self.shared.assigned);
-                for e in tpl.elements() {
-                    assigned.insert((e.topic().to_string(), e.partition()));
-                }
+                let _ = apply_rebalance(
+                    consumer,
+                    &self.shared,
+                    &self.pipeline_id,
+                    Vec::new(),
+                    partitions(),
+                );
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                // Offsets up to the last checkpoint are already committed; records read
-                // after it are read again by the partition's next owner (at-least-once).
-                info!(pipeline = %self.pipeline_id, count = tpl.count(), "kafka partitions revoked");
-                if let Err(e) = consumer.unassign() {
-                    warn!(pipeline = %self.pipeline_id, error = %e, "unassigning kafka partitions failed");
-                }
-                lock(&self.shared.assigned).clear();
+                let _ = apply_rebalance(
+                    consumer,
+                    &self.shared,
+                    &self.pipeline_id,
+                    partitions(),
+                    Vec::new(),
+                );
             }
             other => {
                 warn!(pipeline = %self.pipeline_id, error = ?other, "kafka rebalance error");
@@ -276,6 +301,58 @@ impl ConsumerContext for SourceContext {
             }
         }
     }
+}
+
+/// The names of partitions, as in positions.
+fn names(parts: &[TopicPartition]) -> Vec<String> {
+    parts.iter().map(|(t, p)| partition_name(t, *p)).collect()
+}
+
+/// Carries out a rebalance: releases `revoked` and starts reading `assigned` (see
+/// [`SourceContext::start_positions`]), incrementally under the cooperative protocol.
+fn apply_rebalance(
+    consumer: &SourceConsumer,
+    shared: &Shared,
+    pipeline_id: &str,
+    revoked: Vec<TopicPartition>,
+    assigned: Vec<TopicPartition>,
+) -> Result<(), KafkaError> {
+    let cooperative = matches!(
+        consumer.rebalance_protocol(),
+        RebalanceProtocol::Cooperative
+    );
+    let list = |parts: &[TopicPartition]| {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in parts {
+            tpl.add_partition(topic, *partition);
+        }
+        tpl
+    };
+    if !revoked.is_empty() {
+        info!(pipeline = %pipeline_id, partitions = ?names(&revoked), "kafka partitions revoked");
+        if cooperative {
+            consumer.incremental_unassign(&list(&revoked))?;
+        } else {
+            consumer.unassign()?;
+        }
+        let mut held = lock(&shared.assigned);
+        for tp in &revoked {
+            held.remove(tp);
+        }
+    }
+    if !assigned.is_empty() {
+        let mut tpl = list(&assigned);
+        consumer.context().start_positions(consumer, &mut tpl);
+        info!(pipeline = %pipeline_id, partitions = ?names(&assigned), "kafka partitions assigned");
+        if cooperative {
+            consumer.incremental_assign(&tpl)?;
+        } else {
+            consumer.assign(&tpl)?;
+        }
+        lock(&shared.assigned_at).get_or_insert_with(Instant::now);
+        lock(&shared.assigned).extend(assigned);
+    }
+    Ok(())
 }
 
 impl SourceContext {
@@ -363,6 +440,26 @@ pub struct KafkaSource {
     last_lag: Option<Instant>,
     lag: Option<u64>,
     names: PartitionNames,
+    /// The pending rebalance was reported by `take_rebalance`.
+    rebalance_reported: bool,
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // Dropping the consumer closes it, which revokes its partitions: that must not
+        // wait for an orchestrator that is gone, nor for a rebalance held here.
+        self.shared.closing.store(true, Ordering::Release);
+        let Pending { revoked, assigned } = std::mem::take(&mut *lock(&self.shared.pending));
+        if let Err(e) = apply_rebalance(
+            &self.consumer,
+            &self.shared,
+            &self.pipeline_id,
+            revoked,
+            assigned,
+        ) {
+            warn!(pipeline = %self.pipeline_id, error = %e, "releasing kafka partitions failed");
+        }
+    }
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -398,6 +495,7 @@ impl KafkaSource {
             last_lag: None,
             lag: None,
             names: PartitionNames::default(),
+            rebalance_reported: false,
         })
     }
 
@@ -617,8 +715,10 @@ impl Source for KafkaSource {
         let polled = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let mut records = Vec::with_capacity(limit.min(1 << 16));
+            // A rebalance (received inside `poll`) is handed to the orchestrator at once.
+            let rebalancing = || shared.rebalancing.load(Ordering::Acquire);
             // Wait for the first record only.
-            while records.is_empty() {
+            while records.is_empty() && !rebalancing() {
                 // Before the group's first assignment and its first fetch, "nothing to
                 // read" would be wrong (an `availableNow` run would end at once).
                 let deadline = match *lock(&shared.assigned_at) {
@@ -642,7 +742,7 @@ impl Source for KafkaSource {
                 }
             }
             // Then take what is already fetched.
-            while records.len() < limit {
+            while records.len() < limit && !rebalancing() {
                 match consumer.poll(Duration::ZERO) {
                     Some(Ok(m)) => records.push(to_record(&m, metadata, &mut names)),
                     Some(Err(e)) => {
@@ -760,6 +860,40 @@ impl Source for KafkaSource {
 
     fn is_bounded(&self) -> bool {
         false
+    }
+
+    fn partitions_move(&self) -> bool {
+        true
+    }
+
+    fn take_rebalance(&mut self) -> Option<Rebalance> {
+        if self.rebalance_reported || !self.shared.rebalancing.load(Ordering::Acquire) {
+            return None;
+        }
+        self.rebalance_reported = true;
+        let pending = lock(&self.shared.pending);
+        Some(Rebalance {
+            revoked: names(&pending.revoked),
+            assigned: names(&pending.assigned),
+        })
+    }
+
+    async fn finish_rebalance(&mut self) -> Result<(), ConnectorError> {
+        let Pending { revoked, assigned } = std::mem::take(&mut *lock(&self.shared.pending));
+        self.rebalance_reported = false;
+        let (consumer, shared, id) = (
+            self.consumer.clone(),
+            self.shared.clone(),
+            self.pipeline_id.clone(),
+        );
+        let result = tokio::task::spawn_blocking(move || {
+            let result = apply_rebalance(&consumer, &shared, &id, revoked, assigned);
+            shared.rebalancing.store(false, Ordering::Release);
+            result
+        })
+        .await
+        .map_err(|e| kafka_error("rebalance task", e))?;
+        result.map_err(|e| kafka_error("applying the rebalance", e))
     }
 
     fn lag(&self) -> Option<u64> {

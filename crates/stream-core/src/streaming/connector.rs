@@ -103,6 +103,20 @@ pub struct SourceBatch {
     pub end_of_input: bool,
 }
 
+/// A change of the partitions a source reads, when partitions move between processes
+/// running the same pipeline (a Kafka consumer-group rebalance).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rebalance {
+    /// Partitions taken away. The orchestrator processes the records already read from
+    /// them, checkpoints and commits, then calls [`Source::finish_rebalance`]; only then
+    /// may the source release them to another process.
+    pub revoked: Vec<String>,
+    /// Partitions given. The orchestrator loads their saved state and calls
+    /// [`Source::seek`] with their positions, then [`Source::finish_rebalance`]; only
+    /// then may the source read them.
+    pub assigned: Vec<String>,
+}
+
 /// A source of records.
 #[async_trait]
 pub trait Source: Send {
@@ -134,6 +148,27 @@ pub trait Source: Send {
 
     /// True when the input is finite (a file without `follow`).
     fn is_bounded(&self) -> bool;
+
+    /// True when partitions can move between processes running the same pipeline (a
+    /// Kafka consumer group). A stateful pipeline then keeps its operator state per
+    /// partition, saved in the state store, so the state moves with the partition.
+    fn partitions_move(&self) -> bool {
+        false
+    }
+
+    /// A rebalance that happened during the last [`Source::next_batch`]; the source
+    /// holds it (reading and releasing nothing of it) until
+    /// [`Source::finish_rebalance`].
+    fn take_rebalance(&mut self) -> Option<Rebalance> {
+        None
+    }
+
+    /// The rebalance from [`Source::take_rebalance`] is handled: release the revoked
+    /// partitions and start reading the assigned ones (at the positions given to
+    /// [`Source::seek`], else where the source would start them by itself).
+    async fn finish_rebalance(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
 
     /// Records available upstream but not read yet (Kafka: high watermarks minus the
     /// positions), when the source can tell; published as the `stream.lag` gauge.

@@ -13,12 +13,13 @@ pub mod definition;
 pub mod error_policy;
 pub mod metrics;
 pub mod orchestrator;
+pub mod partition_state;
 pub mod state;
 pub mod watermark;
 
 pub use connector::{
     ConnectorContext, ConnectorError, ConnectorProvider, ConnectorRegistry, ErrorKind, Payload,
-    Progress, Record, Sink, Source, SourceBatch, SourcePositions,
+    Progress, Rebalance, Record, Sink, Source, SourceBatch, SourcePositions,
 };
 pub use context::{MetricsListener, StreamingContext};
 pub use definition::{

@@ -20,8 +20,8 @@
 //! and replays what followed: at-least-once delivery.
 
 use super::connector::{
-    ConnectorContext, ConnectorError, ConnectorRegistry, ErrorKind, Payload, Record, Sink, Source,
-    SourcePositions,
+    ConnectorContext, ConnectorError, ConnectorRegistry, ErrorKind, Payload, Rebalance, Record,
+    Sink, Source, SourcePositions,
 };
 use super::context::{MetricsListener, StreamingContext};
 use super::definition::{
@@ -29,6 +29,9 @@ use super::definition::{
 };
 use super::error_policy::{Decision, ErrorPolicy};
 use super::metrics::{MetricsRegistry, MetricsSnapshot, PipelineMetrics};
+use super::partition_state::{
+    clear_slices, is_stateful, load_slices, EncodedSlices, PartitionSlice, Runs,
+};
 use super::state::{
     Checkpoint, MemoryStateStoreProvider, StateError, StateStore, StateStoreProvider,
 };
@@ -42,7 +45,7 @@ use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 /// Checkpoints a pipeline keeps in its state store (older ones are pruned), so that an
@@ -384,14 +387,30 @@ enum SourceMsg {
     End,
     /// `stop()` was called.
     Stop,
+    /// Partitions are revoked: checkpoint everything read so far, then answer.
+    Revoke(Vec<String>, oneshot::Sender<()>),
+    /// Partitions are assigned, with their saved state (per-partition state only).
+    Assign(Vec<(String, Option<PartitionSlice>)>),
 }
 
 /// What the processing thread hands to the sink task.
 struct SinkMsg {
     documents: Vec<Document>,
     dead_letters: Vec<Document>,
-    /// Positions and operator state to checkpoint once this message is delivered.
-    checkpoint: Option<(SourcePositions, Vec<Value>)>,
+    /// The checkpoint to save once this message is delivered.
+    checkpoint: Option<PendingCheckpoint>,
+    /// Answered once the checkpoint is saved and its positions sent to be committed
+    /// (a rebalance waits for it before releasing partitions).
+    handoff: Option<oneshot::Sender<()>>,
+}
+
+/// What the processing thread checkpoints.
+struct PendingCheckpoint {
+    positions: SourcePositions,
+    /// Operator state (empty with per-partition state).
+    state: Vec<Value>,
+    /// With per-partition state, the checkpoint is these slices.
+    slices: Option<EncodedSlices>,
 }
 
 async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
@@ -400,8 +419,16 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
     if p.reset {
         info!(pipeline = %id, "ignoring the stored checkpoint (--reset)");
         p.store.clear_checkpoint(&id).await?;
+        clear_slices(&*p.store, &id).await?;
     }
     let mut run = p.pipeline.start();
+    // State moves with partitions between processes (see `partition_state`). Not with
+    // event time (the watermark is per process) nor exactly-once (whose checkpoints
+    // are matched against the sink's committed transaction as a whole).
+    let per_partition = p.source.partitions_move()
+        && is_stateful(&run)
+        && !run.uses_event_time()
+        && p.def.runtime.processing_guarantee == ProcessingGuarantee::AtLeastOnce;
     let mut tracker = run
         .uses_event_time()
         .then(|| WatermarkTracker::new(p.event_time.watermark.clone()));
@@ -411,7 +438,9 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
     // source positions (a Kafka consumer group's offsets) with the output.
     let transactional = p.def.runtime.processing_guarantee == ProcessingGuarantee::ExactlyOnce
         && p.sink.is_transactional();
-    let restored = if transactional {
+    let restored = if per_partition {
+        None // each partition's state is loaded when the partition is assigned
+    } else if transactional {
         transactional_checkpoint(&mut p).await?
     } else {
         p.store.load_checkpoint(&id).await?
@@ -442,7 +471,7 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
         }
         positions = cp.positions;
         sequence = cp.sequence;
-    } else if let Some(sink_position) = p.sink.committed_position() {
+    } else if let Some(sink_position) = p.sink.committed_position().filter(|_| !per_partition) {
         // A first checkpoint before anything is read records where the sink's output
         // starts, so a crash before the first regular checkpoint rolls it back too.
         let initial = Checkpoint {
@@ -475,6 +504,7 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
         fetch,
         p.metrics.clone(),
         ErrorPolicy::new(&p.def.error_policy),
+        per_partition.then(|| (p.store.clone(), id.clone())),
     ));
 
     let prefix_len = p.pipeline.stateless_prefix_len();
@@ -518,8 +548,9 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
         last_watermark: Instant::now(),
         batch_started: Instant::now(),
     };
+    let runs = Runs::new(&p.pipeline, run, per_partition);
     let process_task =
-        tokio::task::spawn_blocking(move || processing.run(run, positions, work_rx, sink_tx));
+        tokio::task::spawn_blocking(move || processing.run(runs, positions, work_rx, sink_tx));
 
     let delivery = Delivery {
         pipeline_id: id.clone(),
@@ -636,6 +667,7 @@ struct FetchSettings {
     available_now: bool,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn source_loop(
     mut source: Box<dyn Source>,
     tx: mpsc::Sender<SourceMsg>,
@@ -644,6 +676,7 @@ async fn source_loop(
     fetch: FetchSettings,
     metrics: Arc<PipelineMetrics>,
     mut policy: ErrorPolicy,
+    partition_store: Option<(Arc<dyn StateStore>, String)>,
 ) -> Result<(), RunError> {
     let mut attempt = 1;
     loop {
@@ -678,6 +711,14 @@ async fn source_loop(
                     let _ = tx.send(SourceMsg::End).await;
                     break;
                 }
+                if let Some(r) = source.take_rebalance() {
+                    let handled =
+                        rebalance(&mut *source, r, &tx, &mut commits, partition_store.as_ref())
+                            .await?;
+                    if !handled {
+                        break; // processing stopped; its error explains why
+                    }
+                }
             }
             Err(e) => match policy.decide(e.kind, attempt) {
                 Decision::Retry(delay) => {
@@ -696,6 +737,54 @@ async fn source_loop(
         commit(&mut *source, &p).await;
     }
     Ok(())
+}
+
+/// Hands partitions over: revoked ones are checkpointed and their positions committed
+/// before the source releases them; assigned ones get their saved state (and are read
+/// from its position) before any of their records. False when processing stopped.
+async fn rebalance(
+    source: &mut dyn Source,
+    r: Rebalance,
+    tx: &mpsc::Sender<SourceMsg>,
+    commits: &mut mpsc::UnboundedReceiver<SourcePositions>,
+    partition_store: Option<&(Arc<dyn StateStore>, String)>,
+) -> Result<bool, RunError> {
+    if !r.revoked.is_empty() {
+        let (done_tx, done_rx) = oneshot::channel();
+        if tx
+            .send(SourceMsg::Revoke(r.revoked, done_tx))
+            .await
+            .is_err()
+            || done_rx.await.is_err()
+        {
+            return Ok(false);
+        }
+        // The sink task sent the checkpoint's positions before answering.
+        while let Ok(p) = commits.try_recv() {
+            commit(source, &p).await;
+        }
+    }
+    if let (false, Some((store, pipeline_id))) = (r.assigned.is_empty(), partition_store) {
+        let mut slices = load_slices(&**store, pipeline_id, &r.assigned).await?;
+        let start: SourcePositions = slices
+            .iter()
+            .map(|(name, slice)| (name.clone(), slice.position.clone()))
+            .collect();
+        source.seek(&start).await.map_err(RunError::Source)?;
+        let assigned = r
+            .assigned
+            .into_iter()
+            .map(|name| {
+                let slice = slices.remove(&name);
+                (name, slice)
+            })
+            .collect();
+        if tx.send(SourceMsg::Assign(assigned)).await.is_err() {
+            return Ok(false);
+        }
+    }
+    source.finish_rebalance().await.map_err(RunError::Source)?;
+    Ok(true)
 }
 
 async fn commit(source: &mut dyn Source, positions: &SourcePositions) {
@@ -759,6 +848,10 @@ enum WorkMsg {
     End,
     /// `stop()` was called.
     Stop,
+    /// See [`SourceMsg::Revoke`].
+    Revoke(Vec<String>, oneshot::Sender<()>),
+    /// See [`SourceMsg::Assign`].
+    Assign(Vec<(String, Option<PartitionSlice>)>),
 }
 
 impl Parser {
@@ -771,6 +864,8 @@ impl Parser {
                 }
                 SourceMsg::End => WorkMsg::End,
                 SourceMsg::Stop => WorkMsg::Stop,
+                SourceMsg::Revoke(partitions, done) => WorkMsg::Revoke(partitions, done),
+                SourceMsg::Assign(slices) => WorkMsg::Assign(slices),
             };
             if tx.blocking_send(work).is_err() {
                 return; // processing stopped; its error explains why
@@ -802,80 +897,80 @@ impl Parser {
         let fields = self.input_fields.as_deref();
         let prefix_len = self.prefix_len;
         let (time_field, env) = (self.time_field.as_ref(), &self.env);
-        let parse_one =
-            |r: Record, prefix: Option<&mut PipelineRun>, scratch: &mut Vec<Document>| {
-                let (document, raw) = match r.payload {
-                    // A document source (generator, memory) gives whole documents: drop
-                    // the fields the pipeline never reads here, on the workers, rather than
-                    // carry (and, in hopping windows, copy) them through every stage. The
-                    // error policy's copy of the original keeps them all.
-                    Payload::Document(mut d) => {
-                        if let (Some(f), false) = (fields, keep_original) {
-                            d.retain(|k, _| f.contains(k));
-                        }
-                        (Ok(d), None)
+        // `buf` receives the prefix's outputs; reused, so a kept document costs no vector.
+        let parse_one = |r: Record, prefix: Option<&mut PipelineRun>, buf: &mut Vec<_>| {
+            let (document, raw) = match r.payload {
+                // A document source (generator, memory) gives whole documents: drop
+                // the fields the pipeline never reads here, on the workers, rather than
+                // carry (and, in hopping windows, copy) them through every stage. The
+                // error policy's copy of the original keeps them all.
+                Payload::Document(mut d) => {
+                    if let (Some(f), false) = (fields, keep_original) {
+                        d.retain(|k, _| f.contains(k));
                     }
-                    Payload::Json(text) => {
-                        let doc = match fields {
-                            Some(f) => parse_document_fields(&text, f),
-                            None => parse_document(&text),
-                        };
-                        // The text is kept when the record may be dead-lettered: the parsed
-                        // document holds only the fields the pipeline reads, a dead letter
-                        // must carry the whole input.
-                        let keep_text = doc.is_err() || keep_original;
-                        (doc.map_err(|e| e.to_string()), keep_text.then_some(text))
-                    }
-                };
-                let mut event_time = r.event_time;
-                let document = match (document, time_field) {
-                    (Ok(d), Some(expr)) => match event_time_of(expr, &d, env) {
-                        Ok(t) => {
-                            event_time = Some(t);
-                            Ok(d)
-                        }
-                        Err(m) => Err(m),
-                    },
-                    (document, _) => document,
-                };
-                let original = match &document {
-                    Ok(d) if keep_original => Some(d.clone()),
-                    _ => None,
-                };
-                let document = document.map(|d| match prefix {
-                    Some(run) if prefix_len > 0 => {
-                        let mut errors = Vec::new();
-                        run.push(d, scratch, &mut errors);
-                        match (scratch.len(), errors.is_empty()) {
-                            (1, true) => Ready::PrefixedOne(scratch.remove(0)),
-                            // Filtered out: keep the scratch vector's memory for the next one.
-                            (0, _) => Ready::Prefixed {
-                                outputs: Vec::new(),
-                                errors,
-                            },
-                            _ => Ready::Prefixed {
-                                outputs: std::mem::take(scratch),
-                                errors,
-                            },
-                        }
-                    }
-                    _ => Ready::Document(d),
-                });
-                Parsed {
-                    document,
-                    raw,
-                    original,
-                    partition: r.partition,
-                    position: r.position,
-                    event_time,
+                    (Ok(d), None)
+                }
+                Payload::Json(text) => {
+                    let doc = match fields {
+                        Some(f) => parse_document_fields(&text, f),
+                        None => parse_document(&text),
+                    };
+                    // The text is kept when the record may be dead-lettered: the parsed
+                    // document holds only the fields the pipeline reads, a dead letter
+                    // must carry the whole input.
+                    let keep_text = doc.is_err() || keep_original;
+                    (doc.map_err(|e| e.to_string()), keep_text.then_some(text))
                 }
             };
+            let mut event_time = r.event_time;
+            let document = match (document, time_field) {
+                (Ok(d), Some(expr)) => match event_time_of(expr, &d, env) {
+                    Ok(t) => {
+                        event_time = Some(t);
+                        Ok(d)
+                    }
+                    Err(m) => Err(m),
+                },
+                (document, _) => document,
+            };
+            let original = match &document {
+                Ok(d) if keep_original => Some(d.clone()),
+                _ => None,
+            };
+            let document = document.map(|d| match prefix {
+                Some(run) if prefix_len > 0 => {
+                    let mut errors = Vec::new();
+                    run.push(d, buf, &mut errors);
+                    match (buf.len(), errors.is_empty()) {
+                        (1, true) => Ready::PrefixedOne(buf.remove(0)),
+                        // Filtered out: `buf` keeps its memory for the next document.
+                        (0, _) => Ready::Prefixed {
+                            outputs: Vec::new(),
+                            errors,
+                        },
+                        _ => Ready::Prefixed {
+                            outputs: std::mem::take(buf),
+                            errors,
+                        },
+                    }
+                }
+                _ => Ready::Document(d),
+            });
+            Parsed {
+                document,
+                raw,
+                original,
+                partition: r.partition,
+                position: r.position,
+                event_time,
+            }
+        };
         if records.len() < 64 {
             let mut prefix = self.prefix_runs.first_mut();
-            let mut scratch = Vec::new();
+            let mut buf = Vec::new();
             return vec![records
                 .into_iter()
-                .map(|r| parse_one(r, prefix.as_deref_mut(), &mut scratch))
+                .map(|r| parse_one(r, prefix.as_deref_mut(), &mut buf))
                 .collect()];
         }
         // Contiguous chunks, each with its own prefix run; results keep the input order.
@@ -895,10 +990,10 @@ impl Parser {
                 .into_par_iter()
                 .zip(runs.par_iter_mut())
                 .map(|(chunk, run)| {
-                    let mut scratch = Vec::new();
+                    let mut buf = Vec::new();
                     chunk
                         .into_iter()
-                        .map(|r| parse_one(r, Some(&mut *run), &mut scratch))
+                        .map(|r| parse_one(r, Some(&mut *run), &mut buf))
                         .collect()
                 })
                 .collect()
@@ -960,7 +1055,7 @@ enum Ready {
 impl Processing {
     fn run(
         mut self,
-        mut run: PipelineRun,
+        mut runs: Runs,
         mut positions: SourcePositions,
         mut rx: mpsc::Receiver<WorkMsg>,
         tx: mpsc::Sender<SinkMsg>,
@@ -976,13 +1071,15 @@ impl Processing {
             self.batch_started = started;
             let mut out = Vec::new();
             let mut dead_letters = Vec::new();
+            let mut handoff = None;
             let ending = match msg {
                 WorkMsg::Batch(items, prefix_stats) => {
                     let n: usize = items.iter().map(Vec::len).sum();
                     self.metrics.add_records_in(n as u64);
                     self.prefix_stats = prefix_stats;
                     for item in items.into_iter().flatten() {
-                        self.process(&mut run, item, &mut positions, &mut out, &mut dead_letters)?;
+                        let run = runs.get(&item.partition);
+                        self.process(run, item, &mut positions, &mut out, &mut dead_letters)?;
                     }
                     // A bounded input behaves as a batch: its results come once, at the
                     // end, exactly as `srotax eval` would give them.
@@ -992,43 +1089,73 @@ impl Processing {
                             Trigger::ProcessingTime(interval) => last_trigger.elapsed() >= interval,
                             Trigger::AvailableNow => false,
                         };
-                    self.advance_time(&mut run, &mut out, &mut dead_letters)?;
+                    for run in runs.all() {
+                        self.advance_time(run, &mut out, &mut dead_letters)?;
+                        if fire {
+                            self.trigger(run, &mut out, &mut dead_letters)?;
+                        }
+                    }
                     if fire {
                         last_trigger = Instant::now();
-                        self.trigger(&mut run, &mut out, &mut dead_letters)?;
                     }
                     self.metrics.record_batch(n, started.elapsed());
                     None
                 }
                 WorkMsg::End => {
-                    if self.bounded || run.unbounded_input_problem().is_some() {
-                        let mut errors = Vec::new();
-                        run.finish(&mut out, &mut errors);
-                        self.handle_stage_errors(errors, &mut dead_letters)?;
-                    } else {
-                        self.trigger(&mut run, &mut out, &mut dead_letters)?;
+                    let finish = self.bounded || runs.any().unbounded_input_problem().is_some();
+                    for run in runs.all() {
+                        if finish {
+                            let mut errors = Vec::new();
+                            run.finish(&mut out, &mut errors);
+                            self.handle_stage_errors(errors, &mut dead_letters)?;
+                        } else {
+                            self.trigger(run, &mut out, &mut dead_letters)?;
+                        }
                     }
                     Some(Ending::EndOfInput)
                 }
                 WorkMsg::Stop => Some(Ending::Stopped),
+                WorkMsg::Revoke(partitions, done) => {
+                    // Checkpointed now, with everything read from them; then released.
+                    handoff = Some((partitions, done));
+                    None
+                }
+                WorkMsg::Assign(slices) => {
+                    for (partition, slice) in &slices {
+                        runs.assign(partition, slice.as_ref(), &mut positions)
+                            .map_err(RunError::Restore)?;
+                    }
+                    continue;
+                }
             };
-            self.metrics.set_stages(&self.stage_stats(&run));
+            self.metrics.set_stages(&self.stage_stats(&runs));
             let checkpoint = match ending {
                 // A finished bounded run has no state left to resume with.
-                Some(Ending::EndOfInput) if self.bounded => Some((positions.clone(), Vec::new())),
-                Some(_) => self.snapshot(&run)?.map(|s| (positions.clone(), s)),
-                None if last_checkpoint.elapsed() >= self.checkpoint_interval => {
-                    self.snapshot(&run)?.map(|s| (positions.clone(), s))
+                Some(Ending::EndOfInput) if self.bounded => Some(PendingCheckpoint {
+                    positions: positions.clone(),
+                    state: Vec::new(),
+                    slices: None,
+                }),
+                Some(_) => self.snapshot(&mut runs, &positions, true)?,
+                None if handoff.is_some()
+                    || last_checkpoint.elapsed() >= self.checkpoint_interval =>
+                {
+                    self.snapshot(&mut runs, &positions, false)?
                 }
                 None => None,
             };
             if checkpoint.is_some() {
                 last_checkpoint = Instant::now();
             }
+            let handoff = handoff.map(|(partitions, done)| {
+                runs.revoke(&partitions, &mut positions);
+                done
+            });
             let msg = SinkMsg {
                 documents: out,
                 dead_letters,
                 checkpoint,
+                handoff,
             };
             let depth = tx.max_capacity() - tx.capacity();
             let waited = Instant::now();
@@ -1044,8 +1171,8 @@ impl Processing {
     }
 
     /// Per-stage counters: the prefix stages ran on the parser's workers, the rest here.
-    fn stage_stats(&self, run: &PipelineRun) -> Vec<(&'static str, StageStats)> {
-        let mut stats = run.stage_stats();
+    fn stage_stats(&self, runs: &Runs) -> Vec<(&'static str, StageStats)> {
+        let mut stats = runs.stage_stats();
         for (total, s) in stats.iter_mut().zip(&self.prefix_stats) {
             total.1.documents_in += s.documents_in;
             total.1.documents_out += s.documents_out;
@@ -1055,14 +1182,34 @@ impl Processing {
         stats
     }
 
-    fn snapshot(&self, run: &PipelineRun) -> Result<Option<Vec<Value>>, RunError> {
-        let mut states = run
-            .checkpoint_state()
-            .map_err(|e| RunError::Internal(format!("cannot snapshot operator state: {e}")))?;
+    /// The checkpoint to take now: positions with the operator state, or with
+    /// per-partition state, with the slices of the partitions that processed records
+    /// since their last save (all of them when `all`). `None` when a stage cannot
+    /// export its state.
+    fn snapshot(
+        &self,
+        runs: &mut Runs,
+        positions: &SourcePositions,
+        all: bool,
+    ) -> Result<Option<PendingCheckpoint>, RunError> {
+        let failed =
+            |e: StageError| RunError::Internal(format!("cannot snapshot operator state: {e}"));
+        let checkpoint = |state, slices| PendingCheckpoint {
+            positions: positions.clone(),
+            state,
+            slices,
+        };
+        if let Runs::PerPartition(_) = runs {
+            let slices = runs
+                .slices(&self.pipeline_id, positions, all)
+                .map_err(failed)?;
+            return Ok(slices.map(|s| checkpoint(Vec::new(), Some(s))));
+        }
+        let mut states = runs.any().checkpoint_state().map_err(failed)?;
         if let (Some(states), Some(tracker)) = (states.as_mut(), &self.tracker) {
             states.push(tracker.checkpoint_state());
         }
-        Ok(states)
+        Ok(states.map(|s| checkpoint(s, None)))
     }
 
     fn process(
@@ -1345,6 +1492,7 @@ impl Delivery {
                 documents,
                 mut dead_letters,
                 checkpoint,
+                handoff,
             } = msg;
             if !documents.is_empty() {
                 unflushed += self.deliver(&documents, &mut dead_letters).await?;
@@ -1362,7 +1510,12 @@ impl Delivery {
             if !dead_letters.is_empty() {
                 self.write_dead_letters(&dead_letters).await?;
             }
-            if let Some((positions, state)) = checkpoint {
+            if let Some(PendingCheckpoint {
+                positions,
+                state,
+                slices,
+            }) = checkpoint
+            {
                 self.sequence += 1;
                 let cp = Checkpoint {
                     pipeline_id: self.pipeline_id.clone(),
@@ -1375,11 +1528,18 @@ impl Delivery {
                 if self.transactional {
                     self.commit_transaction(cp).await?;
                 } else {
-                    self.save_checkpoint(&cp).await?;
+                    match slices {
+                        // Per-partition state: the slices are the checkpoint.
+                        Some(slices) => self.save_slices(slices).await?,
+                        None => self.save_checkpoint(&cp).await?,
+                    }
                     self.metrics.add_checkpoint();
                     self.context.set_checkpoint(cp.sequence, &cp.positions);
                     let _ = commits.send(cp.positions);
                 }
+            }
+            if let Some(done) = handoff {
+                let _ = done.send(());
             }
             if !self.listeners.is_empty() {
                 let snapshot = self.metrics.snapshot();
@@ -1526,30 +1686,47 @@ impl Delivery {
     }
 
     async fn save_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), RunError> {
-        let mut delay = Duration::from_millis(100);
-        for attempt in 1..=10 {
-            match self.store.save_checkpoint(cp).await {
-                Ok(()) => {
-                    // Older checkpoints are only kept for `restore`: bound them.
-                    if cp.sequence.is_multiple_of(PRUNE_EVERY) {
-                        if let Err(e) = self
-                            .store
-                            .prune_checkpoints(&cp.pipeline_id, CHECKPOINTS_KEPT)
-                            .await
-                        {
-                            warn!(error = %e, "pruning old checkpoints failed; will retry later");
-                        }
-                    }
-                    return Ok(());
-                }
-                Err(StateError::Unavailable(m)) if attempt < 10 => {
-                    warn!(error = %m, attempt, "saving the checkpoint failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-                Err(e) => return Err(e.into()),
+        retry_store(|| self.store.save_checkpoint(cp)).await?;
+        // Older checkpoints are only kept for `restore`: bound them.
+        if cp.sequence.is_multiple_of(PRUNE_EVERY) {
+            if let Err(e) = self
+                .store
+                .prune_checkpoints(&cp.pipeline_id, CHECKPOINTS_KEPT)
+                .await
+            {
+                warn!(error = %e, "pruning old checkpoints failed; will retry later");
             }
         }
-        unreachable!("the last attempt returns")
+        Ok(())
     }
+
+    /// Saves partitions' slices (one `put_batch`) and makes them durable.
+    async fn save_slices(&mut self, slices: EncodedSlices) -> Result<(), RunError> {
+        if !slices.is_empty() {
+            retry_store(|| self.store.put_batch(slices.clone(), None)).await?;
+        }
+        retry_store(|| self.store.sync()).await
+    }
+}
+
+/// Runs a state-store operation, retrying while the store is unavailable (it retries
+/// by itself for `retryFor` first).
+async fn retry_store<F, Fut>(mut op: F) -> Result<(), RunError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StateError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1..=10 {
+        match op().await {
+            Ok(()) => return Ok(()),
+            Err(StateError::Unavailable(m)) if attempt < 10 => {
+                warn!(error = %m, attempt, "saving the checkpoint failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unreachable!("the last attempt returns")
 }

@@ -272,6 +272,11 @@ impl StateStore for FileStateStore {
         Ok(())
     }
 
+    async fn sync(&self) -> Result<(), StateError> {
+        let shared = self.shared.clone();
+        blocking(move || shared.sync_log()).await
+    }
+
     async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StateError> {
         let shared = self.shared.clone();
         let id = checkpoint.pipeline_id.clone();
