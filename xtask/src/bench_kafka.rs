@@ -15,11 +15,19 @@ use std::time::Duration;
 
 const EVENTS: u64 = 500_000;
 const PARTITIONS: u32 = 3;
-const BOOTSTRAP: &str = "127.0.0.1:19092";
 
-/// Runs the benchmark and prints the figures.
+/// Runs the benchmark and prints the figures. `SROTAX_TEST_KAFKA_BOOTSTRAP` selects a
+/// broker already running (e.g. a private one, away from other users' topics);
+/// otherwise `cargo xtask services up` starts the local one on 127.0.0.1:19092.
 pub fn run() -> Result<()> {
-    crate::services::up()?;
+    let bootstrap = match std::env::var("SROTAX_TEST_KAFKA_BOOTSTRAP") {
+        Ok(b) => b,
+        Err(_) => {
+            crate::services::up()?;
+            "127.0.0.1:19092".to_string()
+        }
+    };
+    let bootstrap = bootstrap.as_str();
     let dir = repo_root().join("target/bench/kafka");
     std::fs::create_dir_all(&dir)?;
     run_cmd(
@@ -35,7 +43,7 @@ pub fn run() -> Result<()> {
     let topic = |name: &str| format!("bench-{name}-{run_id}");
     for name in ["orders", "copy-1", "copy-2", "ltv-alo", "ltv-eo"] {
         let ok = Command::new(&baseline)
-            .args(["--create", BOOTSTRAP, &topic(name), &PARTITIONS.to_string()])
+            .args(["--create", bootstrap, &topic(name), &PARTITIONS.to_string()])
             .status()?
             .success();
         if !ok {
@@ -50,7 +58,7 @@ pub fn run() -> Result<()> {
         &format!(
             r#"{{"pipelineId": "bench-produce-{run_id}",
             "source": {{"type": "generator", "options": {{"count": {EVENTS}, "seed": 42, "customers": 100000}}}},
-            "sink": {{"type": "kafka", "options": {{"bootstrapServers": "{BOOTSTRAP}", "topic": "{orders}", "key": "$customerId"}}}},
+            "sink": {{"type": "kafka", "options": {{"bootstrapServers": "{bootstrap}", "topic": "{orders}", "key": "$customerId"}}}},
             "runtime": {{"microBatchSize": 8192}}}}"#,
             orders = topic("orders")
         ),
@@ -63,7 +71,7 @@ pub fn run() -> Result<()> {
     let copy = |n: u32| -> Result<Duration> {
         let out = Command::new(&baseline)
             .args([
-                BOOTSTRAP,
+                bootstrap,
                 &topic("orders"),
                 &topic(&format!("copy-{n}")),
                 &EVENTS.to_string(),
@@ -85,12 +93,12 @@ pub fn run() -> Result<()> {
             guarantee,
             &format!(
                 r#"{{"pipelineId": "bench-ltv-{guarantee}-{run_id}",
-                "source": {{"type": "kafka", "options": {{"bootstrapServers": "{BOOTSTRAP}", "topics": "{orders}", "metadata": false}}}},
+                "source": {{"type": "kafka", "options": {{"bootstrapServers": "{bootstrap}", "topics": "{orders}", "metadata": false}}}},
                 "pipeline": [
                     {{"$match": {{"status": "PAID"}}}},
                     {{"$group": {{"_id": "$customerId", "orderCount": {{"$count": {{}}}}, "lifetimeValue": {{"$sum": "$orderValue"}}}}}}
                 ],
-                "sink": {{"type": "kafka", "options": {{"bootstrapServers": "{BOOTSTRAP}", "topic": "{out}", "key": "$_id"}}}},
+                "sink": {{"type": "kafka", "options": {{"bootstrapServers": "{bootstrap}", "topic": "{out}", "key": "$_id"}}}},
                 "runtime": {{"microBatchSize": 4096, "maxBatchDelay": "50 ms", "workerThreadPoolSize": 2,
                              "trigger": "availableNow", "processingGuarantee": "{guarantee}"}},
                 "state": {{"type": "memory"}}}}"#,
@@ -100,6 +108,20 @@ pub fn run() -> Result<()> {
         let (elapsed, ok, _) = timed_child(&srotax, &["run", path_str(&def)])?;
         if !ok {
             bail!("srotax run ({guarantee}) failed");
+        }
+        // A run that stopped early would look fast: it must have consumed everything.
+        let out = Command::new(&baseline)
+            .args([
+                "--committed",
+                bootstrap,
+                &format!("srotax-bench-ltv-{guarantee}-{run_id}"),
+                &topic("orders"),
+            ])
+            .output()
+            .context("running kafka-baseline --committed")?;
+        let consumed: u64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+        if consumed != EVENTS {
+            bail!("srotax run ({guarantee}) consumed {consumed} of {EVENTS} messages");
         }
         Ok(elapsed)
     };

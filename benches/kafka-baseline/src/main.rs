@@ -3,7 +3,9 @@
 //! reads `COUNT` messages from the start and produces each one unchanged to topic `OUT`
 //! (idempotent, `acks=all`, like the SrotaX sink), then waits for every delivery report.
 //! No parsing, no processing: the same messages in and out. Prints the elapsed seconds.
-//! `kafka-baseline --create BOOTSTRAP TOPIC PARTITIONS` creates a topic.
+//! `kafka-baseline --create BOOTSTRAP TOPIC PARTITIONS` creates a topic;
+//! `kafka-baseline --committed BOOTSTRAP GROUP TOPIC` prints the sum of the offsets
+//! `GROUP` committed on `TOPIC`'s partitions (how many messages a run consumed).
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -11,6 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 use std::process::ExitCode;
@@ -18,15 +21,19 @@ use std::time::{Duration, Instant};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [flag, bootstrap, topic, partitions] = args.as_slice() {
-        if flag == "--create" {
-            return match create(bootstrap, topic, partitions.parse().unwrap_or(1)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("kafka-baseline: {e}");
-                    ExitCode::FAILURE
-                }
-            };
+    if let [flag, bootstrap, a, b] = args.as_slice() {
+        let result = match flag.as_str() {
+            "--create" => Some(create(bootstrap, a, b.parse().unwrap_or(1))),
+            "--committed" => Some(committed(bootstrap, a, b).map(|sum| println!("{sum}"))),
+            _ => None, // BOOTSTRAP IN_TOPIC OUT_TOPIC COUNT, below
+        };
+        match result {
+            Some(Ok(())) => return ExitCode::SUCCESS,
+            Some(Err(e)) => {
+                eprintln!("kafka-baseline: {e}");
+                return ExitCode::FAILURE;
+            }
+            None => {}
         }
     }
     let [bootstrap, input, output, count] = args.as_slice() else {
@@ -68,6 +75,38 @@ fn create(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), String> {
         r.map_err(|(t, e)| format!("creating {t}: {e}"))?;
     }
     Ok(())
+}
+
+fn committed(bootstrap: &str, group: &str, topic: &str) -> Result<i64, String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .map_err(|e| format!("consumer: {e}"))?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| format!("metadata of {topic}: {e}"))?;
+    let mut partitions = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            partitions.add_partition(topic, p.id());
+        }
+    }
+    let offsets = consumer
+        .committed_offsets(partitions, timeout)
+        .map_err(|e| format!("committed offsets of {group}: {e}"))?;
+    let sum = offsets
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum();
+    // Dropped before the consumer (librdkafka hangs otherwise).
+    drop(offsets);
+    Ok(sum)
 }
 
 fn run(bootstrap: &str, input: &str, output: &str, count: u64) -> Result<Duration, String> {

@@ -10,8 +10,9 @@
 //! | `memory` | a named in-process channel ([`MemoryHub`]) | the same channels | `memory` |
 //! | `generator` | deterministic synthetic orders or Nexmark events | — | `generator` |
 //! | `kafka` | topics or a pattern, in a consumer group | a topic or a topic per document; idempotent, transactional under exactly-once | `kafka` (not default: builds librdkafka) |
+//! | `http` | — | POSTs each batch to a URL as a JSON array or JSON Lines | `http` (not default) |
 //!
-//! Every connector sits behind its cargo feature (all but `kafka` on by default): a build without a
+//! Every connector sits behind its cargo feature (all but `kafka` and `http` on by default): a build without a
 //! feature does not compile that connector, and a definition naming it fails with
 //! `unknown connector type`. [`register_builtin`] adds every enabled provider to a
 //! [`ConnectorRegistry`]; [`builtin_registry`] returns a registry holding just them.
@@ -42,7 +43,8 @@ mod lines;
     feature = "stdio",
     feature = "memory",
     feature = "generator",
-    feature = "kafka"
+    feature = "kafka",
+    feature = "http"
 ))]
 mod options;
 
@@ -50,6 +52,8 @@ mod options;
 pub mod file;
 #[cfg(feature = "generator")]
 pub mod generator;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(feature = "memory")]
@@ -61,6 +65,8 @@ pub mod stdio;
 pub use file::FileConnectorProvider;
 #[cfg(feature = "generator")]
 pub use generator::{order, write_orders_jsonl, GeneratorConnectorProvider};
+#[cfg(feature = "http")]
+pub use http::{HttpConnectorProvider, HttpSink};
 #[cfg(feature = "kafka")]
 pub use kafka::KafkaConnectorProvider;
 #[cfg(feature = "memory")]
@@ -69,7 +75,7 @@ pub use memory::{MemoryConnectorProvider, MemoryError, MemoryHub};
 pub use stdio::StdioConnectorProvider;
 
 /// Registers every connector provider whose cargo feature is enabled (`file`,
-/// `stdio`, `memory` with [`MemoryHub::global`], `generator`).
+/// `stdio`, `memory` with [`MemoryHub::global`], `generator`, `kafka`, `http`).
 #[allow(unused_variables)] // with every feature off there is nothing to register
 pub fn register_builtin(registry: &mut ConnectorRegistry) {
     #[cfg(feature = "file")]
@@ -82,6 +88,8 @@ pub fn register_builtin(registry: &mut ConnectorRegistry) {
     registry.register(std::sync::Arc::new(GeneratorConnectorProvider));
     #[cfg(feature = "kafka")]
     registry.register(std::sync::Arc::new(KafkaConnectorProvider));
+    #[cfg(feature = "http")]
+    registry.register(std::sync::Arc::new(HttpConnectorProvider));
 }
 
 /// A registry holding the enabled built-in connectors.
@@ -101,6 +109,9 @@ mod tests {
         }
         if cfg!(feature = "generator") {
             expected.push("generator");
+        }
+        if cfg!(feature = "http") {
+            expected.push("http");
         }
         if cfg!(feature = "kafka") {
             expected.push("kafka");

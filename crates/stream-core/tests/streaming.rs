@@ -81,13 +81,18 @@ impl Source for LinesSource {
     }
 }
 
-/// Collects written documents; fails the first `fail_first` writes transiently.
+/// Collects written documents (kept once flushed); fails the first `fail_first` writes
+/// transiently.
 #[derive(Clone, Default)]
 struct Collected {
     docs: Arc<Mutex<Vec<Document>>>,
     fail_first: Arc<AtomicUsize>,
     writes: Arc<AtomicUsize>,
     delay: Duration,
+    /// The sink's `max_unflushed_batches` (0: the default).
+    max_unflushed: usize,
+    /// `w` per write, `f` per flush, in order.
+    calls: Arc<Mutex<String>>,
 }
 
 impl Collected {
@@ -101,12 +106,13 @@ impl Collected {
     }
 }
 
-struct CollectSink(Collected);
+struct CollectSink(Collected, Vec<Document>);
 
 #[async_trait]
 impl Sink for CollectSink {
     async fn write(&mut self, batch: &[Document]) -> Result<(), ConnectorError> {
         self.0.writes.fetch_add(1, Ordering::SeqCst);
+        self.0.calls.lock().unwrap().push('w');
         if !self.0.delay.is_zero() {
             tokio::time::sleep(self.0.delay).await;
         }
@@ -114,11 +120,19 @@ impl Sink for CollectSink {
             self.0.fail_first.fetch_sub(1, Ordering::SeqCst);
             return Err(ConnectorError::transient("collect", "simulated outage"));
         }
-        self.0.docs.lock().unwrap().extend(batch.iter().cloned());
+        self.1.extend(batch.iter().cloned());
         Ok(())
     }
     async fn flush(&mut self) -> Result<(), ConnectorError> {
+        self.0.calls.lock().unwrap().push('f');
+        self.0.docs.lock().unwrap().append(&mut self.1);
         Ok(())
+    }
+    fn max_unflushed_batches(&self) -> usize {
+        match self.0.max_unflushed {
+            0 => 1,
+            n => n,
+        }
     }
 }
 
@@ -155,7 +169,7 @@ impl ConnectorProvider for TestProvider {
         } else {
             &self.out
         };
-        Ok(Some(Box::new(CollectSink(target.clone()))))
+        Ok(Some(Box::new(CollectSink(target.clone(), Vec::new()))))
     }
 }
 
@@ -520,6 +534,36 @@ async fn a_slow_sink_bounds_what_is_in_flight() {
     assert!(
         h.out.json().len() < 2000,
         "the slow sink should not have kept up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_may_take_several_batches_before_a_flush() {
+    let out = Collected {
+        delay: Duration::from_millis(5),
+        max_unflushed: 4,
+        ..Collected::default()
+    };
+    let lines: Vec<String> = (0..200).map(|i| format!(r#"{{"i": {i}}}"#)).collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let h = harness(&lines, true, out);
+    let def = definition("[]", ErrorPolicyConfig::FailFast)
+        .build()
+        .unwrap();
+    let summary = finish(&h.orchestrator.run(def).unwrap()).await.unwrap();
+    assert_eq!(summary.metrics.documents_out, 200);
+    let expected: Vec<String> = (0..200).map(|i| format!(r#"{{"i":{i}}}"#)).collect();
+    assert_eq!(h.out.json(), expected, "everything, in order, once flushed");
+    let calls = h.out.calls.lock().unwrap().clone();
+    assert!(calls.ends_with('f'), "the last write is flushed: {calls}");
+    let runs: Vec<usize> = calls.split('f').map(str::len).collect();
+    assert!(
+        runs.iter().all(|&n| n <= 4),
+        "at most 4 writes between flushes: {calls}"
+    );
+    assert!(
+        runs.iter().any(|&n| n > 1),
+        "the slow sink got batches while earlier ones were unflushed: {calls}"
     );
 }
 

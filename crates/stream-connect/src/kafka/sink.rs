@@ -1,8 +1,13 @@
 //! The Kafka sink: an idempotent producer (`acks=all`), transactional under
 //! exactly-once.
 //!
-//! A batch counts as written only when the delivery report of every one of its
-//! messages has arrived. Under `"processingGuarantee": "exactly_once"` the orchestrator
+//! [`Sink::write`] queues a batch's messages and returns; the producer keeps sending
+//! while the orchestrator hands over the next batch. [`Sink::flush`] waits for every
+//! outstanding delivery report, and only then does the output count as delivered (the
+//! orchestrator flushes before every checkpoint, so offsets are never committed ahead
+//! of the output). The messages written since the last successful flush are kept, and
+//! after a failed delivery a flush sends all of them again in order (at-least-once: a
+//! later update of a key is never overtaken by an earlier one). Under `"processingGuarantee": "exactly_once"` the orchestrator
 //! calls [`Sink::begin`] first, which switches to a transactional producer; each
 //! checkpoint's [`Sink::commit`] sends the consumed source offsets to the transaction
 //! (`send_offsets_to_transaction`, with the pipeline's Kafka source's consumer group)
@@ -15,6 +20,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
+use std::collections::VecDeque;
 use std::time::Duration;
 use stream_core::expr::Expression;
 use stream_core::streaming::{
@@ -22,6 +28,11 @@ use stream_core::streaming::{
 };
 use stream_core::value::{Document, ExtJsonMode, Value};
 use tracing::info;
+
+/// Batches written before their delivery reports are awaited (see
+/// [`Sink::max_unflushed_batches`]): enough to keep the producer busy while the next
+/// batches come; their messages are kept until then, so not many more.
+const UNFLUSHED_BATCHES: usize = 8;
 
 /// Timeout of transaction calls (init, offsets, commit, abort).
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -128,6 +139,14 @@ pub struct KafkaSink {
     /// True once [`Sink::begin`] switched to a transactional producer.
     transactional: bool,
     in_transaction: bool,
+    /// Messages written since the last successful flush, in order.
+    unacked: Vec<Outgoing>,
+    /// The delivery reports still to come, oldest first: of the last messages of `unacked`.
+    pending: VecDeque<DeliveryFuture>,
+    /// The first delivery failure since the last flush.
+    failure: Option<ConnectorError>,
+    /// A flush failed: `unacked` must be sent again.
+    resend: bool,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -185,6 +204,10 @@ impl KafkaSink {
             producer: None,
             transactional: false,
             in_transaction: false,
+            unacked: Vec::new(),
+            pending: VecDeque::new(),
+            failure: None,
+            resend: false,
         })
     }
 
@@ -253,29 +276,41 @@ impl KafkaSink {
     }
 }
 
-async fn await_all(pending: &mut Vec<DeliveryFuture>) -> Result<(), ConnectorError> {
-    let mut first_error = None;
-    for f in pending.drain(..) {
-        let result = match f.await {
-            Ok(Ok(_)) => continue,
-            Ok(Err((e, _))) => delivery_error(e),
-            Err(_) => kafka_error("delivering a message", "the producer was dropped"),
-        };
-        first_error.get_or_insert(result);
-    }
-    first_error.map_or(Ok(()), Err)
+/// Waits for the oldest outstanding delivery report; a failure is kept in `failure`
+/// (the first one wins) and reported by the next flush.
+async fn settle_oldest(
+    pending: &mut VecDeque<DeliveryFuture>,
+    failure: &mut Option<ConnectorError>,
+) {
+    let Some(report) = pending.pop_front() else {
+        return;
+    };
+    let error = match report.await {
+        Ok(Ok(_)) => return,
+        Ok(Err((e, _))) => delivery_error(e),
+        Err(_) => kafka_error("delivering a message", "the producer was dropped"),
+    };
+    failure.get_or_insert(error);
 }
 
-#[async_trait]
-impl Sink for KafkaSink {
-    async fn write(&mut self, batch: &[Document]) -> Result<(), ConnectorError> {
-        let outgoing: Vec<Outgoing> = batch
-            .iter()
-            .map(|d| self.render(d))
-            .collect::<Result<_, _>>()?;
-        let producer = self.producer()?.clone();
-        let mut pending = Vec::with_capacity(outgoing.len());
-        for o in &outgoing {
+impl KafkaSink {
+    /// Queues `unacked[from..]` in the producer. When its local queue is full, waits for
+    /// the oldest delivery reports first. An error queueing a message (too large, bad
+    /// topic) is returned at once with the message's index: the messages from it on
+    /// were not queued.
+    async fn send_from(&mut self, from: usize) -> Result<(), (usize, ConnectorError)> {
+        let producer = match self.producer() {
+            Ok(p) => p.clone(),
+            Err(e) => return Err((from, e)),
+        };
+        let KafkaSink {
+            unacked,
+            pending,
+            failure,
+            ..
+        } = self;
+        let mut refused = None;
+        'messages: for (i, o) in unacked.iter().enumerate().skip(from) {
             let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
             for (k, v) in &o.headers {
                 headers = headers.insert(Header {
@@ -291,31 +326,70 @@ impl Sink for KafkaSink {
             }
             loop {
                 match producer.send_result(record) {
-                    Ok(f) => {
-                        pending.push(f);
+                    Ok(report) => {
+                        pending.push_back(report);
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        // The local queue is full: wait for what is in flight first.
                         record = r;
-                        await_all(&mut pending).await?;
                         if pending.is_empty() {
                             tokio::time::sleep(Duration::from_millis(1)).await;
+                        } else {
+                            settle_oldest(pending, failure).await;
                         }
                     }
                     Err((e, _)) => {
-                        await_all(&mut pending).await?;
-                        return Err(delivery_error(e));
+                        refused = Some((i, delivery_error(e)));
+                        break 'messages;
                     }
                 }
             }
         }
-        await_all(&mut pending).await
+        refused.map_or(Ok(()), Err)
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn write(&mut self, batch: &[Document]) -> Result<(), ConnectorError> {
+        let outgoing: Vec<Outgoing> = batch
+            .iter()
+            .map(|d| self.render(d))
+            .collect::<Result<_, _>>()?;
+        let from = self.unacked.len();
+        self.unacked.extend(outgoing);
+        // What was not queued is not kept: the error policy decides about it.
+        self.send_from(from).await.map_err(|(i, e)| {
+            self.unacked.truncate(i);
+            e
+        })
     }
 
     async fn flush(&mut self) -> Result<(), ConnectorError> {
-        // `write` returns only after every delivery report of its batch arrived.
-        Ok(())
+        if self.resend {
+            self.send_from(0).await.map_err(|(_, e)| e)?;
+            self.resend = false;
+        }
+        while !self.pending.is_empty() {
+            settle_oldest(&mut self.pending, &mut self.failure).await;
+        }
+        match self.failure.take() {
+            None => {
+                self.unacked.clear();
+                Ok(())
+            }
+            // A transaction with a failed message cannot commit: it must be aborted
+            // (the process stops; a restart resumes from the last checkpoint).
+            Some(e) if self.in_transaction => Err(ConnectorError::permanent(NAME, e.message)),
+            Some(e) => {
+                self.resend = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn max_unflushed_batches(&self) -> usize {
+        UNFLUSHED_BATCHES
     }
 
     fn is_transactional(&self) -> bool {
@@ -343,8 +417,9 @@ impl Sink for KafkaSink {
     }
 
     async fn commit(&mut self, positions: &SourcePositions) -> Result<(), ConnectorError> {
+        self.flush().await?;
         if !self.in_transaction {
-            return self.flush().await;
+            return Ok(());
         }
         let mut offsets = TopicPartitionList::new();
         for (name, position) in positions {
@@ -380,6 +455,11 @@ impl Sink for KafkaSink {
         if !self.in_transaction {
             return Ok(());
         }
+        // The aborted output is dropped, not sent again.
+        self.unacked.clear();
+        self.pending.clear();
+        self.failure = None;
+        self.resend = false;
         self.in_transaction = false;
         self.transaction_call("aborting the transaction", |p| {
             p.abort_transaction(TRANSACTION_TIMEOUT)

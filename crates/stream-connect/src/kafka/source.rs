@@ -35,6 +35,10 @@ const FIRST_ASSIGNMENT_WAIT: Duration = Duration::from_secs(10);
 /// lookups and the first fetch) before returning empty.
 const FIRST_FETCH_GRACE: Duration = Duration::from_secs(2);
 
+/// How long a fetch keeps waiting past `max_wait` while an assigned partition is known
+/// to hold records not read yet.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
+
 /// Where a partition without a checkpoint position or committed offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StartingOffsets {
@@ -569,6 +573,33 @@ impl KafkaSource {
     }
 }
 
+/// Whether an assigned partition holds records this consumer has not read yet, by the
+/// high watermarks of librdkafka's statistics (at most a second old; no request). In
+/// the first [`CATCH_UP_WAIT`] after the assignment, a partition whose position or
+/// high watermark is not known yet counts as behind too: librdkafka may still be
+/// looking up where it starts.
+fn behind(consumer: &SourceConsumer, shared: &Shared) -> bool {
+    let starting = lock(&shared.assigned_at).is_none_or(|at| at.elapsed() < CATCH_UP_WAIT);
+    let assigned = lock(&shared.assigned).clone();
+    let high = lock(&shared.high_watermarks).clone();
+    let read = lock(&shared.positions).clone();
+    // librdkafka's own position also moves past transaction markers.
+    let fetched = consumer.position().ok();
+    assigned.iter().any(|tp| {
+        let at = fetched
+            .as_ref()
+            .and_then(|f| f.find_partition(&tp.0, tp.1))
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+        match (read.get(tp).copied().max(at), high.get(tp)) {
+            (Some(position), Some(&high)) => high > position,
+            _ => starting,
+        }
+    })
+}
+
 /// The shared name of each partition (`topic:partition`), made once.
 #[derive(Default)]
 struct PartitionNames(HashMap<TopicPartition, Arc<str>>);
@@ -600,7 +631,12 @@ fn to_record(m: &BorrowedMessage<'_>, metadata: bool, names: &mut PartitionNames
         }
     };
     let event_time = m.timestamp().to_millis();
-    let value = m.payload().map(String::from_utf8_lossy).unwrap_or_default();
+    let bytes = m.payload().unwrap_or_default();
+    // The common case, valid UTF-8, is checked with the fast validator.
+    let value = match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    };
     let text = if metadata {
         with_metadata(&value, m, event_time)
     } else {
@@ -678,32 +714,41 @@ impl Source for KafkaSource {
         let mut names = std::mem::take(&mut self.names);
         let polled = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let mut records = Vec::new();
+            let mut records = Vec::with_capacity(limit.min(1 << 16));
             // A rebalance (received inside `poll`) is handed to the orchestrator at once.
-            while records.len() < limit && !shared.rebalancing.load(Ordering::Acquire) {
+            let rebalancing = || shared.rebalancing.load(Ordering::Acquire);
+            // Wait for the first record only.
+            while records.is_empty() && !rebalancing() {
                 // Before the group's first assignment and its first fetch, "nothing to
                 // read" would be wrong (an `availableNow` run would end at once).
-                let assigned_at = *lock(&shared.assigned_at);
-                let deadline = match assigned_at {
+                let deadline = match *lock(&shared.assigned_at) {
                     Some(at) => (started + max_wait).max(at + FIRST_FETCH_GRACE),
                     None => started + max_wait.max(FIRST_ASSIGNMENT_WAIT),
                 };
-                // Wait for the first record only; then take what is already fetched.
-                let wait = if records.is_empty() {
-                    deadline
-                        .saturating_duration_since(Instant::now())
-                        .min(Duration::from_millis(100).max(max_wait))
-                } else {
-                    Duration::ZERO
+                // Past the deadline only while catching up (below): poll, do not spin.
+                let wait = match deadline.saturating_duration_since(Instant::now()) {
+                    Duration::ZERO => Duration::from_millis(10),
+                    left => left.min(Duration::from_millis(100).max(max_wait)),
                 };
                 match consumer.poll(wait) {
                     Some(Ok(m)) => records.push(to_record(&m, metadata, &mut names)),
-                    Some(Err(e)) if records.is_empty() => return (Err(e), names),
+                    Some(Err(e)) => return (Err(e), names),
+                    None if Instant::now() < deadline => {}
+                    // Records known to exist are only slow to arrive (a fetch under load):
+                    // an empty batch now would end an `availableNow` run early.
+                    None if Instant::now() < started + max_wait + CATCH_UP_WAIT
+                        && behind(&consumer, &shared) => {}
+                    None => return (Ok(records), names),
+                }
+            }
+            // Then take what is already fetched.
+            while records.len() < limit && !rebalancing() {
+                match consumer.poll(Duration::ZERO) {
+                    Some(Ok(m)) => records.push(to_record(&m, metadata, &mut names)),
                     Some(Err(e)) => {
                         warn!(error = %e, "kafka consumer error");
                         break;
                     }
-                    None if records.is_empty() && Instant::now() < deadline => {}
                     None => break,
                 }
             }
@@ -724,12 +769,21 @@ impl Source for KafkaSource {
             Err(e) => return Err(kafka_error("polling", e)),
         };
         {
-            let mut positions = lock(&self.shared.positions);
+            // The last record of each partition holds its next offset; records of a
+            // partition share one name, so a pointer comparison finds it.
+            let mut last: Vec<(&Arc<str>, i64)> = Vec::new();
             for r in &polled {
-                if let (Some((topic, partition)), Value::Int64(next)) =
-                    (parse_partition_name(&r.partition), &r.position)
-                {
-                    positions.insert((topic.to_string(), partition), *next);
+                if let Value::Int64(next) = r.position {
+                    match last.iter_mut().find(|(n, _)| Arc::ptr_eq(n, &r.partition)) {
+                        Some(entry) => entry.1 = next,
+                        None => last.push((&r.partition, next)),
+                    }
+                }
+            }
+            let mut positions = lock(&self.shared.positions);
+            for (name, next) in last {
+                if let Some((topic, partition)) = parse_partition_name(name) {
+                    positions.insert((topic.to_string(), partition), next);
                 }
             }
         }

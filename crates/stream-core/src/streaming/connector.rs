@@ -190,7 +190,18 @@ pub trait Sink: Send {
     /// (durable) after [`Sink::flush`].
     async fn write(&mut self, batch: &[Document]) -> Result<(), ConnectorError>;
 
-    /// Makes everything written so far durable.
+    /// How many written batches the orchestrator may leave unflushed, so that the sink
+    /// keeps earlier batches in flight while it takes the next ones (Kafka: delivery
+    /// reports still to come). Whatever this says, the orchestrator flushes before every
+    /// checkpoint and whenever no further batch is waiting. The default, 1, flushes
+    /// after every write.
+    fn max_unflushed_batches(&self) -> usize {
+        1
+    }
+
+    /// Makes everything written so far durable. An error means some of it may not be:
+    /// a transient one is retried by calling `flush` again, which must then deliver
+    /// everything written since the last successful flush.
     async fn flush(&mut self) -> Result<(), ConnectorError>;
 
     /// Where the sink's acknowledged output ends, for sinks that can roll back to it

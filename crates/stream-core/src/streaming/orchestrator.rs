@@ -14,7 +14,9 @@
 //! documents through one [`PipelineRun`] in order, so per-partition order and stateful
 //! stages are preserved. After the sink acknowledges a batch (write + flush), the sink
 //! task stores the batch's source positions together with the operator state it was
-//! produced with, then lets the source commit those positions. A restart restores both
+//! produced with, then lets the source commit those positions. A sink may leave a few
+//! batches unflushed (`Sink::max_unflushed_batches`), delivering them while it takes the
+//! next ones; the sink task still flushes before every checkpoint. A restart restores both
 //! and replays what followed: at-least-once delivery.
 
 use super::connector::{
@@ -1482,6 +1484,9 @@ impl Delivery {
         if self.transactional {
             self.sink.begin().await.map_err(RunError::Sink)?;
         }
+        // Documents and batches written but not yet acknowledged by a flush.
+        let (mut unflushed, mut unflushed_batches) = (0, 0);
+        let max_unflushed = self.sink.max_unflushed_batches().max(1);
         while let Some(msg) = rx.recv().await {
             let SinkMsg {
                 documents,
@@ -1489,13 +1494,19 @@ impl Delivery {
                 checkpoint,
                 handoff,
             } = msg;
-            let written = if documents.is_empty() {
-                0
-            } else {
-                self.deliver(&documents, &mut dead_letters).await?
-            };
-            self.flush().await?;
-            self.metrics.add_documents_out(written);
+            if !documents.is_empty() {
+                unflushed += self.deliver(&documents, &mut dead_letters).await?;
+                unflushed_batches += 1;
+            }
+            // Output counts as delivered, and a checkpoint may cover it, only once the
+            // sink acknowledged it. While further batches wait, a sink that allows it
+            // takes them first and keeps delivering the earlier ones meanwhile.
+            if checkpoint.is_some() || rx.is_empty() || unflushed_batches >= max_unflushed {
+                self.flush().await?;
+                self.metrics
+                    .add_documents_out(std::mem::take(&mut unflushed));
+                unflushed_batches = 0;
+            }
             if !dead_letters.is_empty() {
                 self.write_dead_letters(&dead_letters).await?;
             }
@@ -1540,6 +1551,9 @@ impl Delivery {
         if self.transactional {
             // Output after the last checkpoint is not covered by one: drop it.
             self.sink.abort().await.map_err(RunError::Sink)?;
+        } else if unflushed > 0 {
+            self.flush().await?;
+            self.metrics.add_documents_out(unflushed);
         }
         Ok(())
     }
