@@ -6,7 +6,7 @@
 //!   (see `bench_streaming.rs`).
 //! - `state`: stream-state's criterion benchmarks (`cargo bench -p stream-state`: every
 //!   state backend), after `redis-benchmark -P 16` against the same Redis as the
-//!   baseline. Needs `cargo xtask services up`.
+//!   baseline. Starts the local services unless `SROTAX_TEST_REDIS_URL` is set.
 //! - `windows`: event-time windows through `srotax run` against a hand-written baseline,
 //!   and Nexmark q5 (see `bench_windows.rs`).
 //! - `kafka`: `srotax run` from a Kafka topic to a Kafka topic against the broker alone
@@ -46,10 +46,16 @@ fn state(args: &[String]) -> Result<()> {
     let mut build = cargo();
     build.args(["bench", "-p", "stream-state", "--no-run"]);
     run_cmd(&mut build, "cargo bench -p stream-state --no-run")?;
-    // The baseline: Redis's own client, pipelined 16 deep, 100-byte values, on the
-    // Redis the benchmarks use.
-    let url =
-        std::env::var("SROTAX_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".into());
+    // The Redis and PostgreSQL the benchmarks use: the local services unless given
+    // (redis-benchmark would otherwise retry a closed port forever).
+    let url = match std::env::var("SROTAX_TEST_REDIS_URL") {
+        Ok(url) => url,
+        Err(_) => {
+            crate::services::up()?;
+            "redis://127.0.0.1:16379".into()
+        }
+    };
+    // The baseline: Redis's own client, pipelined 16 deep, 100-byte values.
     let host_port = url.trim_start_matches("redis://").trim_end_matches('/');
     let (host, port) = host_port.rsplit_once(':').unwrap_or((host_port, "6379"));
     let mut baseline = std::process::Command::new("redis-benchmark");
