@@ -34,6 +34,9 @@ struct LinesSource {
     lines: Lines,
     next: usize,
     bounded: bool,
+    /// Like a consumer group's first assignment: the first fetch is cut short, empty,
+    /// by a rebalance that assigns the partition.
+    assignment_pending: bool,
 }
 
 #[async_trait]
@@ -43,6 +46,12 @@ impl Source for LinesSource {
         max: usize,
         max_wait: Duration,
     ) -> Result<SourceBatch, ConnectorError> {
+        if self.assignment_pending {
+            return Ok(SourceBatch {
+                records: Vec::new(),
+                end_of_input: false,
+            });
+        }
         let available: Vec<String> = {
             let l = self.lines.lines.lock().unwrap();
             l[self.next.min(l.len())..]
@@ -78,6 +87,12 @@ impl Source for LinesSource {
     }
     fn is_bounded(&self) -> bool {
         self.bounded
+    }
+    fn take_rebalance(&mut self) -> Option<Rebalance> {
+        std::mem::take(&mut self.assignment_pending).then(|| Rebalance {
+            revoked: Vec::new(),
+            assigned: vec!["lines".to_string()],
+        })
     }
 }
 
@@ -140,6 +155,7 @@ impl Sink for CollectSink {
 struct TestProvider {
     lines: Lines,
     bounded: bool,
+    assignment_pending: bool,
     out: Collected,
     dlq: Collected,
 }
@@ -157,6 +173,7 @@ impl ConnectorProvider for TestProvider {
             lines: self.lines.clone(),
             next: 0,
             bounded: self.bounded,
+            assignment_pending: self.assignment_pending,
         })))
     }
     fn create_sink(
@@ -181,12 +198,22 @@ struct Harness {
 }
 
 fn harness(lines: &[&str], bounded: bool, out: Collected) -> Harness {
+    harness_with(lines, bounded, false, out)
+}
+
+fn harness_with(
+    lines: &[&str],
+    bounded: bool,
+    assignment_pending: bool,
+    out: Collected,
+) -> Harness {
     let lines = Lines::new(lines);
     let dlq = Collected::default();
     let mut registry = ConnectorRegistry::new();
     registry.register(Arc::new(TestProvider {
         lines: lines.clone(),
         bounded,
+        assignment_pending,
         out: out.clone(),
         dlq: dlq.clone(),
     }));
@@ -256,6 +283,29 @@ async fn bounded_run_emits_the_final_group_table() {
     assert_eq!(summary.metrics.stages[0].stats.documents_in, 4);
     assert_eq!(summary.metrics.stages[0].stats.documents_out, 3);
     assert_eq!(handle.status(), PipelineStatus::Completed);
+}
+
+/// Regression: an `availableNow` run on a consumer group ended at once, reading
+/// nothing, because the fetch cut short by the first assignment came back empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn available_now_does_not_end_on_a_fetch_cut_short_by_a_rebalance() {
+    let h = harness_with(
+        &[r#"{"v": 1}"#, r#"{"v": 2}"#, r#"{"v": 3}"#],
+        false,
+        true,
+        Collected::default(),
+    );
+    let mut def = definition(
+        r#"[{"$match": {"v": {"$gte": 2}}}]"#,
+        ErrorPolicyConfig::FailFast,
+    )
+    .build()
+    .unwrap();
+    def.runtime.trigger = Trigger::AvailableNow;
+    let handle = h.orchestrator.run(def).unwrap();
+    let summary = finish(&handle).await.unwrap();
+    assert_eq!(summary.status, PipelineStatus::Completed);
+    assert_eq!(h.out.json(), vec![r#"{"v":2}"#, r#"{"v":3}"#]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -698,7 +698,11 @@ async fn source_loop(
                     metrics.set_lag(lag);
                 }
                 metrics.set_progress(progress);
-                let end = batch.end_of_input || (fetch.available_now && batch.records.is_empty());
+                // A fetch cut short by a rebalance (the group's first assignment among
+                // them) is empty without the input being drained.
+                let rebalancing = source.take_rebalance();
+                let end = batch.end_of_input
+                    || (fetch.available_now && batch.records.is_empty() && rebalancing.is_none());
                 if !batch.records.is_empty() || !end {
                     let depth = tx.max_capacity() - tx.capacity();
                     let waited = Instant::now();
@@ -711,7 +715,7 @@ async fn source_loop(
                     let _ = tx.send(SourceMsg::End).await;
                     break;
                 }
-                if let Some(r) = source.take_rebalance() {
+                if let Some(r) = rebalancing {
                     let handled =
                         rebalance(&mut *source, r, &tx, &mut commits, partition_store.as_ref())
                             .await?;
