@@ -28,7 +28,7 @@ use stream_core::value::{parse_document, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_srotax");
 const PARTITIONS: i32 = 6;
-const ROUNDS: i64 = 60;
+const ROUNDS: i64 = 90;
 const PER_ROUND: i64 = 200;
 const CUSTOMERS: i64 = 97;
 
