@@ -22,7 +22,7 @@ pub fn run(args: &[String]) -> Result<()> {
     match args.split_first() {
         Some((first, rest)) if first == "engine" => engine(rest),
         Some((first, _)) if first == "streaming" => bench_streaming::run(),
-        Some((first, _)) if first == "kafka" => bench_kafka::run(),
+        Some((first, rest)) if first == "kafka" => bench_kafka::run(rest),
         Some((first, rest)) if first == "state" => state(rest),
         Some((first, _)) if first == "windows" => bench_windows::run(),
         _ => {

@@ -11,15 +11,26 @@ use crate::{cargo, repo_root, run_cmd};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const EVENTS: u64 = 500_000;
 const PARTITIONS: u32 = 3;
+/// Rounds of (broker alone, at-least-once, exactly-once) unless given.
+const DEFAULT_ROUNDS: usize = 3;
 
 /// Runs the benchmark and prints the figures. `SROTAX_TEST_KAFKA_BOOTSTRAP` selects a
 /// broker already running (e.g. a private one, away from other users' topics);
 /// otherwise `cargo xtask services up` starts the local one on 127.0.0.1:19092.
-pub fn run() -> Result<()> {
+pub fn run(args: &[String]) -> Result<()> {
+    let rounds = match args.first() {
+        None => DEFAULT_ROUNDS,
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => bail!(
+                "cargo xtask bench kafka [ROUNDS]: ROUNDS must be a positive number, found '{n}'"
+            ),
+        },
+    };
     let bootstrap = match std::env::var("SROTAX_TEST_KAFKA_BOOTSTRAP") {
         Ok(b) => b,
         Err(_) => {
@@ -41,7 +52,13 @@ pub fn run() -> Result<()> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     let topic = |name: &str| format!("bench-{name}-{run_id}");
-    for name in ["orders", "copy-1", "copy-2", "ltv-alo", "ltv-eo"] {
+    let mut names = vec!["orders".to_string()];
+    for round in 1..=rounds {
+        for name in ["copy", "ltv-at_least_once", "ltv-exactly_once"] {
+            names.push(format!("{name}-{round}"));
+        }
+    }
+    for name in &names {
         let ok = Command::new(&baseline)
             .args(["--create", bootstrap, &topic(name), &PARTITIONS.to_string()])
             .status()?
@@ -68,16 +85,20 @@ pub fn run() -> Result<()> {
         bail!("producing the input failed");
     }
 
-    let copy = |n: u32| -> Result<Duration> {
+    let copy = |round: usize| -> Result<(Duration, Duration)> {
+        let started = Instant::now();
         let out = Command::new(&baseline)
             .args([
                 bootstrap,
                 &topic("orders"),
-                &topic(&format!("copy-{n}")),
+                &topic(&format!("copy-{round}")),
                 &EVENTS.to_string(),
             ])
             .output()
             .context("running kafka-baseline")?;
+        // Process wall time, like `srotax run`'s: start-up and closing the consumer
+        // (leaving the group) included. The program's own figure excludes both.
+        let wall = started.elapsed();
         if !out.status.success() {
             bail!(
                 "kafka-baseline failed: {}",
@@ -85,14 +106,15 @@ pub fn run() -> Result<()> {
             );
         }
         let secs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
-        Ok(Duration::from_secs_f64(secs))
+        Ok((wall, Duration::from_secs_f64(secs)))
     };
-    let pipeline = |guarantee: &str, out: &str| -> Result<Duration> {
+    let pipeline = |guarantee: &str, round: usize| -> Result<Duration> {
+        let id = format!("bench-ltv-{guarantee}-{run_id}-{round}");
         let def = definition(
             &dir,
             guarantee,
             &format!(
-                r#"{{"pipelineId": "bench-ltv-{guarantee}-{run_id}",
+                r#"{{"pipelineId": "{id}",
                 "source": {{"type": "kafka", "options": {{"bootstrapServers": "{bootstrap}", "topics": "{orders}", "metadata": false}}}},
                 "pipeline": [
                     {{"$match": {{"status": "PAID"}}}},
@@ -103,6 +125,7 @@ pub fn run() -> Result<()> {
                              "trigger": "availableNow", "processingGuarantee": "{guarantee}"}},
                 "state": {{"type": "memory"}}}}"#,
                 orders = topic("orders"),
+                out = topic(&format!("ltv-{guarantee}-{round}")),
             ),
         )?;
         let (elapsed, ok, _) = timed_child(&srotax, &["run", path_str(&def)])?;
@@ -114,7 +137,7 @@ pub fn run() -> Result<()> {
             .args([
                 "--committed",
                 bootstrap,
-                &format!("srotax-bench-ltv-{guarantee}-{run_id}"),
+                &format!("srotax-{id}"),
                 &topic("orders"),
             ])
             .output()
@@ -126,31 +149,46 @@ pub fn run() -> Result<()> {
         Ok(elapsed)
     };
 
-    // Baseline, srotax (both guarantees), baseline again: the machine is shared, and
-    // the better of two baseline runs is the fairer reference.
-    let b1 = copy(1)?;
-    let alo = pipeline("at_least_once", &topic("ltv-alo"))?;
-    let eo = pipeline("exactly_once", &topic("ltv-eo"))?;
-    let b2 = copy(2)?;
-    let base = b1.min(b2);
     let rate = |d: Duration| EVENTS as f64 / d.as_secs_f64();
+    let secs = |d: Duration| d.as_secs_f64();
     println!();
     println!("orders-ltv from Kafka, {EVENTS} events, {PARTITIONS} partitions, loopback broker (noida-db):");
     println!(
-        "  input produced by srotax (generator → kafka):          {:>7.3} s  {:>9.0} events/s",
-        produced.as_secs_f64(),
+        "  input produced by srotax (generator → kafka): {:.3} s, {:.0} events/s",
+        secs(produced),
         rate(produced)
     );
-    println!("  broker alone (rdkafka consume + produce, no processing): {:>7.3} s  {:>9.0} events/s  (runs: {:.3} s, {:.3} s)", base.as_secs_f64(), rate(base), b1.as_secs_f64(), b2.as_secs_f64());
-    for (name, d) in [("at_least_once", alo), ("exactly_once", eo)] {
+    println!(
+        "  per round: broker alone (rdkafka consume + produce, no processing), then srotax run"
+    );
+    println!(
+        "  kafka → $match → $group → kafka; ratio = broker-alone time / srotax time, same round"
+    );
+    // Each round measures its own baseline right before the pipelines: the machine is
+    // shared, and a ratio is only fair between runs taken close together.
+    let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 1..=rounds {
+        let (base, own) = copy(round)?;
+        let alo = pipeline("at_least_once", round)?;
+        let eo = pipeline("exactly_once", round)?;
+        let (ra, re) = (secs(base) / secs(alo), secs(base) / secs(eo));
+        ratios[0].push(ra);
+        ratios[1].push(re);
         println!(
-            "  srotax run, {name:<14} kafka → $match → $group → kafka: {:>7.3} s  {:>9.0} events/s  ratio {:.2}x",
-            d.as_secs_f64(),
-            rate(d),
-            base.as_secs_f64() / d.as_secs_f64()
+            "  round {round}: broker alone {:.3} s ({:.0}/s; {:.3} s by its own clock) | at_least_once {:.3} s ({:.0}/s) {ra:.2}x | exactly_once {:.3} s ({:.0}/s) {re:.2}x",
+            secs(base), rate(base), secs(own), secs(alo), rate(alo), secs(eo), rate(eo),
         );
     }
-    println!("  (process wall times, including start-up and the consumer-group join)");
+    for (name, mut r) in ["at_least_once", "exactly_once"].into_iter().zip(ratios) {
+        r.sort_by(f64::total_cmp);
+        println!(
+            "  {name}: ratio {:.2}x–{:.2}x over {rounds} rounds, median {:.2}x",
+            r[0],
+            r[r.len() - 1],
+            r[r.len() / 2]
+        );
+    }
+    println!("  (process wall times, start-up, consumer-group join and close included)");
     Ok(())
 }
 

@@ -30,7 +30,7 @@ use super::definition::{
 use super::error_policy::{Decision, ErrorPolicy};
 use super::metrics::{MetricsRegistry, MetricsSnapshot, PipelineMetrics};
 use super::partition_state::{
-    clear_slices, is_stateful, load_slices, EncodedSlices, PartitionSlice, Runs,
+    clear_slices, encode_slices, is_stateful, load_slices, EncodingSlices, PartitionSlice, Runs,
 };
 use super::state::{
     Checkpoint, MemoryStateStoreProvider, StateError, StateStore, StateStoreProvider,
@@ -409,8 +409,8 @@ struct PendingCheckpoint {
     positions: SourcePositions,
     /// Operator state (empty with per-partition state).
     state: Vec<Value>,
-    /// With per-partition state, the checkpoint is these slices.
-    slices: Option<EncodedSlices>,
+    /// With per-partition state, the checkpoint is these slices (being encoded).
+    slices: Option<EncodingSlices>,
 }
 
 async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
@@ -1133,6 +1133,27 @@ impl Processing {
                 }
             };
             self.metrics.set_stages(&self.stage_stats(&runs));
+            if ending.is_some() {
+                debug!(pipeline = %self.pipeline_id, documents = out.len(), elapsed_ms = started.elapsed().as_millis() as u64, "end of input: results emitted");
+            }
+            let checkpoint_due = ending.is_some()
+                || handoff.is_some()
+                || last_checkpoint.elapsed() >= self.checkpoint_interval;
+            if checkpoint_due && !out.is_empty() {
+                // The output goes first, so the sink delivers it while the state is
+                // snapshotted (at the end of an `availableNow` run, the whole `$group`
+                // table); the checkpoint follows in its own message, and the sink
+                // flushes before saving it, so it still covers only delivered output.
+                let msg = SinkMsg {
+                    documents: std::mem::take(&mut out),
+                    dead_letters: std::mem::take(&mut dead_letters),
+                    checkpoint: None,
+                    handoff: None,
+                };
+                if !self.send(&tx, msg) {
+                    return Ok(Ending::Stopped);
+                }
+            }
             let checkpoint = match ending {
                 // A finished bounded run has no state left to resume with.
                 Some(Ending::EndOfInput) if self.bounded => Some(PendingCheckpoint {
@@ -1141,11 +1162,7 @@ impl Processing {
                     slices: None,
                 }),
                 Some(_) => self.snapshot(&mut runs, &positions, true)?,
-                None if handoff.is_some()
-                    || last_checkpoint.elapsed() >= self.checkpoint_interval =>
-                {
-                    self.snapshot(&mut runs, &positions, false)?
-                }
+                None if checkpoint_due => self.snapshot(&mut runs, &positions, false)?,
                 None => None,
             };
             if checkpoint.is_some() {
@@ -1161,17 +1178,26 @@ impl Processing {
                 checkpoint,
                 handoff,
             };
-            let depth = tx.max_capacity() - tx.capacity();
-            let waited = Instant::now();
-            if tx.blocking_send(msg).is_err() {
-                return Ok(Ending::Stopped); // the sink failed; its error is reported
+            if !self.send(&tx, msg) {
+                return Ok(Ending::Stopped);
             }
-            self.metrics
-                .record_backpressure("sink", depth, waited.elapsed());
             if let Some(e) = ending {
                 return Ok(e);
             }
         }
+    }
+
+    /// Hands a message to the sink task; false when the sink failed (its error is
+    /// reported by the sink task).
+    fn send(&self, tx: &mpsc::Sender<SinkMsg>, msg: SinkMsg) -> bool {
+        let depth = tx.max_capacity() - tx.capacity();
+        let waited = Instant::now();
+        if tx.blocking_send(msg).is_err() {
+            return false;
+        }
+        self.metrics
+            .record_backpressure("sink", depth, waited.elapsed());
+        true
     }
 
     /// Per-stage counters: the prefix stages ran on the parser's workers, the rest here.
@@ -1207,7 +1233,7 @@ impl Processing {
             let slices = runs
                 .slices(&self.pipeline_id, positions, all)
                 .map_err(failed)?;
-            return Ok(slices.map(|s| checkpoint(Vec::new(), Some(s))));
+            return Ok(slices.map(|s| checkpoint(Vec::new(), Some(encode_slices(s)))));
         }
         let mut states = runs.any().checkpoint_state().map_err(failed)?;
         if let (Some(states), Some(tracker)) = (states.as_mut(), &self.tracker) {
@@ -1521,6 +1547,7 @@ impl Delivery {
             }) = checkpoint
             {
                 self.sequence += 1;
+                let saving = Instant::now();
                 let cp = Checkpoint {
                     pipeline_id: self.pipeline_id.clone(),
                     sequence: self.sequence,
@@ -1541,6 +1568,7 @@ impl Delivery {
                     self.context.set_checkpoint(cp.sequence, &cp.positions);
                     let _ = commits.send(cp.positions);
                 }
+                debug!(pipeline = %self.pipeline_id, sequence = self.sequence, elapsed_ms = saving.elapsed().as_millis() as u64, "checkpoint saved");
             }
             if let Some(done) = handoff {
                 let _ = done.send(());
@@ -1704,10 +1732,28 @@ impl Delivery {
         Ok(())
     }
 
-    /// Saves partitions' slices (one `put_batch`) and makes them durable.
-    async fn save_slices(&mut self, slices: EncodedSlices) -> Result<(), RunError> {
+    /// Saves partitions' slices (one `put_batch`, once encoded) and makes them durable.
+    async fn save_slices(&mut self, slices: EncodingSlices) -> Result<(), RunError> {
         if !slices.is_empty() {
-            retry_store(|| self.store.put_batch(slices.clone(), None)).await?;
+            let (mut encoded, mut kept) = (Vec::new(), Vec::new());
+            for (key, encoding) in slices {
+                let (slice, bytes) = encoding
+                    .await
+                    .map_err(|e| RunError::Internal(format!("encoding the state of {key}: {e}")))?;
+                encoded.push((key.clone(), bytes));
+                kept.push((key, slice));
+            }
+            // The encoded bytes move into the store; a retry encodes again.
+            let mut first = Some(encoded);
+            retry_store(|| {
+                let batch = first.take().unwrap_or_else(|| {
+                    kept.iter()
+                        .map(|(key, slice)| (key.clone(), slice.encode()))
+                        .collect()
+                });
+                self.store.put_batch(batch, None)
+            })
+            .await?;
         }
         retry_store(|| self.store.sync()).await
     }

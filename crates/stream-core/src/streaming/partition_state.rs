@@ -21,12 +21,34 @@ use super::connector::SourcePositions;
 use super::state::{StateError, StateStore};
 use crate::error::StageError;
 use crate::pipeline::{Pipeline, PipelineRun, StageStats};
-use crate::value::{parse_document, Document, ExtJsonMode, Value};
+use crate::value::{parse_document, ExtJsonMode, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
+use tokio::task::JoinHandle;
 
-/// Encoded slices to save: `(state-store key, encoded slice)`.
-pub(crate) type EncodedSlices = Vec<(String, Vec<u8>)>;
+/// Slices to save: `(state-store key, slice)`.
+pub(crate) type Slices = Vec<(String, PartitionSlice)>;
+
+/// Slices being encoded: `(state-store key, task giving the slice and its encoding)`.
+pub(crate) type EncodingSlices = Vec<(String, JoinHandle<(PartitionSlice, Vec<u8>)>)>;
+
+/// Starts encoding each slice on the blocking pool (in parallel): the processing thread,
+/// which every record waits for, only snapshots the state, and the sink task, which
+/// awaits the encodings before saving, keeps delivering output meanwhile. At the end
+/// of an `availableNow` run the whole state is encoded while the results are delivered.
+/// Must be called within a tokio runtime.
+pub(crate) fn encode_slices(slices: Slices) -> EncodingSlices {
+    slices
+        .into_iter()
+        .map(|(key, slice)| {
+            let encoding = tokio::task::spawn_blocking(move || {
+                let bytes = slice.encode();
+                (slice, bytes)
+            });
+            (key, encoding)
+        })
+        .collect()
+}
 
 /// The state-store key of a partition's slice.
 pub fn slice_key(pipeline_id: &str, partition: &str) -> String {
@@ -51,14 +73,21 @@ pub struct PartitionSlice {
 impl PartitionSlice {
     /// Canonical Extended JSON: `{"position": ..., "operatorState": [...], "savedAt": date}`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut d = Document::new();
-        d.insert("position", self.position.clone());
-        d.insert("operatorState", Value::Array(self.operator_state.clone()));
-        d.insert(
-            "savedAt",
-            Value::Date(chrono::Utc::now().timestamp_millis()),
-        );
-        d.to_json_mode(ExtJsonMode::Canonical).into_bytes()
+        // Written field by field: a document holding the state would copy all of it.
+        let mode = ExtJsonMode::Canonical;
+        let mut out = String::from("{\"position\":");
+        self.position.write_json(&mut out, mode);
+        out.push_str(",\"operatorState\":[");
+        for (i, state) in self.operator_state.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            state.write_json(&mut out, mode);
+        }
+        out.push_str("],\"savedAt\":");
+        Value::Date(chrono::Utc::now().timestamp_millis()).write_json(&mut out, mode);
+        out.push('}');
+        out.into_bytes()
     }
 
     /// Reads [`PartitionSlice::encode`]'s output; `key` names it in errors.
@@ -237,7 +266,7 @@ impl Runs {
         pipeline_id: &str,
         positions: &SourcePositions,
         all: bool,
-    ) -> Result<Option<EncodedSlices>, StageError> {
+    ) -> Result<Option<Slices>, StageError> {
         let Runs::PerPartition(p) = self else {
             return Ok(Some(Vec::new()));
         };
@@ -257,7 +286,7 @@ impl Runs {
                 position: position.clone(),
                 operator_state,
             };
-            out.push((slice_key(pipeline_id, name), slice.encode()));
+            out.push((slice_key(pipeline_id, name), slice));
         }
         for task in p.tasks.values_mut() {
             task.dirty = false;
@@ -331,7 +360,11 @@ mod tests {
         let store = MemoryStateStore::new();
         let slices = old.slices("p", &positions, false).unwrap().unwrap();
         assert_eq!(slices.len(), 2);
-        store.put_batch(slices, None).await.unwrap();
+        let encoded = slices
+            .iter()
+            .map(|(k, s)| (k.clone(), s.encode()))
+            .collect();
+        store.put_batch(encoded, None).await.unwrap();
         // Nothing processed since: nothing to save, unless asked for all.
         assert!(old
             .slices("p", &positions, false)

@@ -628,6 +628,11 @@ impl Value {
         extjson::write_value(&mut s, self, mode);
         s
     }
+
+    /// Appends the Extended JSON text of this value to `out` (no allocation of its own).
+    pub fn write_json(&self, out: &mut String, mode: ExtJsonMode) {
+        extjson::write_value(out, self, mode);
+    }
 }
 
 impl Document {
