@@ -10,7 +10,8 @@
 //! - `windows`: event-time windows through `srotax run` against a hand-written baseline,
 //!   and Nexmark q5 (see `bench_windows.rs`).
 //! - `kafka`: `srotax run` from a Kafka topic to a Kafka topic against the broker alone
-//!   (see `bench_kafka.rs`; starts the local services).
+//!   (see `bench_kafka.rs`; starts its own broker). `kafka ROUNDS` sets the number of
+//!   rounds (default 3).
 //!
 //! Without a name, all but `kafka` run.
 

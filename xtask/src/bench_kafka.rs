@@ -2,9 +2,10 @@
 //! topic through `srotax run` (kafka source → `$match` PAID → `$group` by customer →
 //! kafka sink, trigger `availableNow`), against the broker alone: `kafka-baseline`, a
 //! plain rdkafka program that consumes the same messages and produces each one
-//! unchanged to another topic. Both run on loopback against the broker of
-//! `cargo xtask services up`, in the same run. Reports events/s and the ratio to the
-//! broker-only figure, for at-least-once and exactly-once.
+//! unchanged to another topic. Both run on loopback against a private noida-db the
+//! benchmark starts with empty data, in rounds (each with its own baseline). Reports
+//! events/s and the ratio to the broker-only figure, for at-least-once and
+//! exactly-once.
 
 use crate::bench_streaming::timed_child;
 use crate::{cargo, repo_root, run_cmd};
@@ -18,9 +19,25 @@ const PARTITIONS: u32 = 3;
 /// Rounds of (broker alone, at-least-once, exactly-once) unless given.
 const DEFAULT_ROUNDS: usize = 3;
 
+/// Port of the private broker the benchmark starts.
+const PRIVATE_PORT: u16 = 29192;
+
+/// Stops the private broker when the benchmark ends, failed or not.
+struct PrivateBroker(std::path::PathBuf);
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        if let Err(e) = crate::services::kafka::stop_private(&self.0) {
+            eprintln!("stopping the benchmark's broker: {e:#}");
+        }
+    }
+}
+
 /// Runs the benchmark and prints the figures. `SROTAX_TEST_KAFKA_BOOTSTRAP` selects a
-/// broker already running (e.g. a private one, away from other users' topics);
-/// otherwise `cargo xtask services up` starts the local one on 127.0.0.1:19092.
+/// broker already running; otherwise the benchmark starts its own noida-db on
+/// 127.0.0.1:29192 with empty data (installed like `cargo xtask services up`'s) and
+/// stops it at the end: the shared broker holds every test's topics, and rewriting
+/// them to disk stalls it for seconds at unpredictable times.
 pub fn run(args: &[String]) -> Result<()> {
     let rounds = match args.first() {
         None => DEFAULT_ROUNDS,
@@ -31,16 +48,25 @@ pub fn run(args: &[String]) -> Result<()> {
             ),
         },
     };
-    let bootstrap = match std::env::var("SROTAX_TEST_KAFKA_BOOTSTRAP") {
-        Ok(b) => b,
+    let dir = repo_root().join("target/bench/kafka");
+    std::fs::create_dir_all(&dir)?;
+    let (bootstrap, _broker) = match std::env::var("SROTAX_TEST_KAFKA_BOOTSTRAP") {
+        Ok(b) => (b, None),
         Err(_) => {
-            crate::services::up()?;
-            "127.0.0.1:19092".to_string()
+            let broker = dir.join("broker");
+            std::fs::create_dir_all(&broker)?;
+            crate::services::kafka::start_private(
+                &repo_root().join("target/services/kafka"),
+                &broker,
+                PRIVATE_PORT,
+            )?;
+            (
+                format!("127.0.0.1:{PRIVATE_PORT}"),
+                Some(PrivateBroker(broker)),
+            )
         }
     };
     let bootstrap = bootstrap.as_str();
-    let dir = repo_root().join("target/bench/kafka");
-    std::fs::create_dir_all(&dir)?;
     run_cmd(
         cargo().args(["build", "--release", "-p", "srotax", "-p", "kafka-baseline"]),
         "cargo build --release -p srotax -p kafka-baseline",
@@ -164,13 +190,19 @@ pub fn run(args: &[String]) -> Result<()> {
     println!(
         "  kafka → $match → $group → kafka; ratio = broker-alone time / srotax time, same round"
     );
-    // Each round measures its own baseline right before the pipelines: the machine is
-    // shared, and a ratio is only fair between runs taken close together.
+    // Each round measures its own baseline next to the pipelines: the machine is
+    // shared, and a ratio is only fair between runs taken close together. The order
+    // rotates, so no program always follows another's heavy writes.
     let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for round in 1..=rounds {
-        let (base, own) = copy(round)?;
-        let alo = pipeline("at_least_once", round)?;
-        let eo = pipeline("exactly_once", round)?;
+        let (mut base, mut own, mut alo, mut eo) = Default::default();
+        for step in 0..3 {
+            match (step + round - 1) % 3 {
+                0 => (base, own) = copy(round)?,
+                1 => alo = pipeline("at_least_once", round)?,
+                _ => eo = pipeline("exactly_once", round)?,
+            }
+        }
         let (ra, re) = (secs(base) / secs(alo), secs(base) / secs(eo));
         ratios[0].push(ra);
         ratios[1].push(re);

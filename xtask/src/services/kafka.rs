@@ -53,6 +53,32 @@ fn broker_binary(venv: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Starts a private broker on `port` with fresh, empty data in `dir/data` (PID in
+/// `dir`; stop it with [`stop_private`]). noida-db rewrites all its data as one JSON
+/// file from time to time, which takes seconds once other runs' topics pile up: a
+/// benchmark on the shared broker measures that too.
+pub fn start_private(services_dir: &Path, dir: &Path, port: u16) -> Result<()> {
+    let bin = install(services_dir)?;
+    stop_private(dir)?;
+    let data = dir.join("data");
+    if data.exists() {
+        std::fs::remove_dir_all(&data)?;
+    }
+    std::fs::create_dir_all(&data)?;
+    let mut cmd = Command::new(bin);
+    cmd.args(["start", "--host", "127.0.0.1", "--only", "kafka"])
+        .args(["--kafka-port", &port.to_string()])
+        .arg("--data-dir")
+        .arg(&data);
+    spawn_daemon(dir, cmd, port, Duration::from_secs(20))?;
+    Ok(())
+}
+
+/// Stops a broker started by [`start_private`] (by its recorded PID).
+pub fn stop_private(dir: &Path) -> Result<()> {
+    stop_daemon(dir, Duration::from_secs(30))
+}
+
 impl Service for Kafka {
     fn name(&self) -> &'static str {
         "kafka"

@@ -15,7 +15,7 @@
 //! | PostgreSQL | `postgres://srotax@127.0.0.1:15432/srotax` | `SROTAX_TEST_POSTGRES_URL` |
 //! | Kafka-protocol broker | `127.0.0.1:19092` | `SROTAX_TEST_KAFKA_BOOTSTRAP` |
 
-mod kafka;
+pub mod kafka;
 mod postgres;
 mod process;
 mod redis;
