@@ -39,13 +39,7 @@ pub fn postgres_url() -> String {
 /// connections there: a test must fail, saying what to do, rather than skip.
 fn service_address(variable: &str, default: &str, what: &str) -> String {
     let address = std::env::var(variable).unwrap_or_else(|_| default.into());
-    // `scheme://user@host:port/path` or a Kafka list `host:port,host:port`.
-    let host_port = address
-        .split_once("://")
-        .map_or(address.as_str(), |(_, rest)| rest);
-    let host_port = host_port.rsplit('@').next().unwrap_or_default();
-    let host_port = host_port.split(['/', ',']).next().unwrap_or_default();
-    let reachable = host_port
+    let reachable = host_port(&address)
         .to_socket_addrs()
         .ok()
         .and_then(|mut a| a.next())
@@ -55,6 +49,14 @@ fn service_address(variable: &str, default: &str, what: &str) -> String {
         "no {what} answers at {address}: run `cargo xtask services up` (or set {variable})"
     );
     address
+}
+
+/// The (first) `host:port` of `scheme://user@host:port/path` or of a Kafka list
+/// `host:port,host:port`.
+fn host_port(address: &str) -> &str {
+    let rest = address.split_once("://").map_or(address, |(_, rest)| rest);
+    let rest = rest.rsplit('@').next().unwrap_or_default();
+    rest.split(['/', ',']).next().unwrap_or_default()
 }
 
 /// `name` made unique to this call (process id, time, counter), for topics, groups and
@@ -97,5 +99,44 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_of_each_kind_of_address() {
+        assert_eq!(host_port("redis://127.0.0.1:16379"), "127.0.0.1:16379");
+        assert_eq!(host_port("redis://127.0.0.1:16379/"), "127.0.0.1:16379");
+        assert_eq!(
+            host_port("postgres://srotax@127.0.0.1:15432/srotax"),
+            "127.0.0.1:15432"
+        );
+        assert_eq!(host_port("127.0.0.1:19092"), "127.0.0.1:19092");
+        assert_eq!(
+            host_port("127.0.0.1:19092,127.0.0.1:19093"),
+            "127.0.0.1:19092"
+        );
+    }
+
+    #[test]
+    fn nothing_answering_fails_loudly_naming_the_fix() {
+        let port = free_port(); // nothing listens there any more
+        let variable = "SROTAX_TEST_SUPPORT_UNREACHABLE";
+        std::env::set_var(variable, format!("redis://127.0.0.1:{port}"));
+        let panic = std::panic::catch_unwind(|| service_address(variable, "", "Redis"))
+            .expect_err("an unreachable service panics");
+        let message = panic.downcast_ref::<String>().unwrap();
+        assert!(
+            message.contains("cargo xtask services up") && message.contains(variable),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unique_names_differ() {
+        assert_ne!(unique("t"), unique("t"));
     }
 }

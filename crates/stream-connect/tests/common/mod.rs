@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 use stream_core::streaming::{RunError, RunSummary, StreamingPipelineHandle};
-pub use test_support::TempDir;
 
 /// Waits for the pipeline to end (20 s at most).
 pub async fn finish(handle: &StreamingPipelineHandle) -> Result<RunSummary, RunError> {
