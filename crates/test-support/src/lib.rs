@@ -1,11 +1,12 @@
 //! Helpers shared by the SrotaX tests, so that each exists once: the addresses of the
 //! services of `cargo xtask services up` (checked, failing loudly when nothing answers),
-//! names no other run uses, temporary directories, private server processes for fault tests
-//! ([`Server`], [`start_redis`], [`start_postgres`]), and with the `kafka` feature
+//! names no other run uses, temporary directories, private server processes for fault
+//! tests ([`Server`], [`start_redis`], [`start_postgres`]), and with the `kafka` feature
 //! Kafka clients and a private broker ([`kafka`]).
 //!
 //! A dev-only crate (`publish = false`): crates use it as a dev-dependency, the Kafka
 //! benchmark baseline as a dependency.
+#![warn(missing_docs)]
 
 #[cfg(feature = "kafka")]
 pub mod kafka;
