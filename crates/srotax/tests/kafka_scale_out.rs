@@ -16,6 +16,7 @@
 use rdkafka::producer::FutureRecord;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use stream_core::value::{parse_document, Value};
 use test_support::kafka::{bootstrap, create_topics, read_topic, Committed, Producer};
@@ -69,9 +70,12 @@ struct Scenario {
     bootstrap: String,
     input: String,
     output: String,
+    group: String,
     dir: TempDir,
     def: String,
-    committed: Committed,
+    /// Opened at the first look, not with the scenario: no other client of the group
+    /// exists before the test looks.
+    committed: OnceLock<Committed>,
 }
 
 impl Scenario {
@@ -111,12 +115,13 @@ impl Scenario {
         )
         .unwrap();
         Scenario {
-            committed: Committed::new(&bootstrap, &group, &input),
             bootstrap,
             input,
             output,
+            group,
             dir,
             def,
+            committed: OnceLock::new(),
         }
     }
 
@@ -165,14 +170,21 @@ impl Scenario {
         })
     }
 
+    /// How many messages the group consumed (committed).
+    fn committed(&self) -> i64 {
+        self.committed
+            .get_or_init(|| Committed::new(&self.bootstrap, &self.group, &self.input))
+            .sum()
+    }
+
     /// Waits until the group committed at least `n` offsets.
     fn wait_committed(&self, n: i64, within: Duration) {
         let deadline = Instant::now() + within;
-        while self.committed.sum() < n {
+        while self.committed() < n {
             assert!(
                 Instant::now() < deadline,
                 "after {within:?} only {} of {n} consumed",
-                self.committed.sum()
+                self.committed()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -235,7 +247,7 @@ fn three_processes_share_a_topic_and_take_over_a_stopped_ones_partitions_and_sta
     }
     // Let the three work together for a while, then stop one mid-stream.
     s.wait_committed(3000, Duration::from_secs(60));
-    let before = s.committed.sum();
+    let before = s.committed();
     let total = ROUNDS * PER_ROUND;
     assert!(before < total, "stopped mid-stream");
     let stopped = last_assignment(&s.log(1));
@@ -269,7 +281,7 @@ fn a_process_killed_and_restarted_resumes_its_partitions_state_exactly() {
     // Killed twice mid-stream: output and state after its last checkpoint are lost.
     let mut kills = Vec::new();
     for _ in 0..2 {
-        let at = s.committed.sum();
+        let at = s.committed();
         assert!(at < total, "killed mid-stream");
         signal(&mut children[0], "-KILL");
         children[0].wait().unwrap();
