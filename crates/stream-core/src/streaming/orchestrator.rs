@@ -30,7 +30,8 @@ use super::definition::{
 use super::error_policy::{Decision, ErrorPolicy};
 use super::metrics::{MetricsRegistry, MetricsSnapshot, PipelineMetrics};
 use super::partition_state::{
-    clear_slices, encode_slices, is_stateful, load_slices, EncodingSlices, PartitionSlice, Runs,
+    clear_slices, encode_slices, encoded, is_stateful, load_slices, EncodingSlices, PartitionSlice,
+    Runs,
 };
 use super::state::{
     Checkpoint, MemoryStateStoreProvider, StateError, StateStore, StateStoreProvider,
@@ -1735,22 +1736,18 @@ impl Delivery {
     /// Saves partitions' slices (one `put_batch`, once encoded) and makes them durable.
     async fn save_slices(&mut self, slices: EncodingSlices) -> Result<(), RunError> {
         if !slices.is_empty() {
-            let (mut encoded, mut kept) = (Vec::new(), Vec::new());
+            let (mut bytes, mut kept) = (Vec::new(), Vec::new());
             for (key, encoding) in slices {
-                let (slice, bytes) = encoding
+                let (slice, encoding) = encoding
                     .await
                     .map_err(|e| RunError::Internal(format!("encoding the state of {key}: {e}")))?;
-                encoded.push((key.clone(), bytes));
+                bytes.push((key.clone(), encoding));
                 kept.push((key, slice));
             }
             // The encoded bytes move into the store; a retry encodes again.
-            let mut first = Some(encoded);
+            let mut first = Some(bytes);
             retry_store(|| {
-                let batch = first.take().unwrap_or_else(|| {
-                    kept.iter()
-                        .map(|(key, slice)| (key.clone(), slice.encode()))
-                        .collect()
-                });
+                let batch = first.take().unwrap_or_else(|| encoded(&kept));
                 self.store.put_batch(batch, None)
             })
             .await?;

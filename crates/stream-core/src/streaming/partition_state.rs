@@ -29,6 +29,14 @@ use tokio::task::JoinHandle;
 /// Slices to save: `(state-store key, slice)`.
 pub(crate) type Slices = Vec<(String, PartitionSlice)>;
 
+/// `(state-store key, encoded slice)` pairs for [`StateStore::put_batch`], encoded here.
+pub(crate) fn encoded(slices: &Slices) -> Vec<(String, Vec<u8>)> {
+    slices
+        .iter()
+        .map(|(key, slice)| (key.clone(), slice.encode()))
+        .collect()
+}
+
 /// Slices being encoded: `(state-store key, task giving the slice and its encoding)`.
 pub(crate) type EncodingSlices = Vec<(String, JoinHandle<(PartitionSlice, Vec<u8>)>)>;
 
@@ -360,11 +368,7 @@ mod tests {
         let store = MemoryStateStore::new();
         let slices = old.slices("p", &positions, false).unwrap().unwrap();
         assert_eq!(slices.len(), 2);
-        let encoded = slices
-            .iter()
-            .map(|(k, s)| (k.clone(), s.encode()))
-            .collect();
-        store.put_batch(encoded, None).await.unwrap();
+        store.put_batch(encoded(&slices), None).await.unwrap();
         // Nothing processed since: nothing to save, unless asked for all.
         assert!(old
             .slices("p", &positions, false)
