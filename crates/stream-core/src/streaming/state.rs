@@ -6,8 +6,11 @@ use super::connector::SourcePositions;
 use super::definition::{ConnectorConfig, DefinitionError};
 use crate::value::{parse_document, Document, ExtJsonMode, Value};
 use async_trait::async_trait;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use compact_str::CompactString;
+use hashbrown::HashTable;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -195,44 +198,32 @@ pub struct MemoryStateStore {
     inner: Arc<Mutex<MemoryInner>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct MemoryInner {
-    /// The keyed entries, each a [`Slot`] found by its key's bytes. foldhash: several
-    /// times faster than SipHash on short keys; keys come from the pipeline's own
-    /// operators, not from an attacker choosing collisions.
-    entries: HashSet<Slot, foldhash::fast::RandomState>,
-    /// Per pipeline: sequence → checkpoint (kept as is: nothing reads the bytes).
+    /// The keyed entries, found by `hasher`'s hash of the key. A table of slots rather
+    /// than a `HashMap`: overwriting a key then changes its value in place.
+    entries: HashTable<Slot>,
+    /// foldhash: several times faster than SipHash on short keys; keys come from the
+    /// pipeline's own operators, not from an attacker choosing collisions.
+    hasher: foldhash::fast::RandomState,
+    /// Per pipeline: sequence → checkpoint (kept as given: nothing reads its encoding).
     checkpoints: HashMap<String, BTreeMap<u64, Checkpoint>>,
     /// Writes since expired entries were last removed.
     writes_since_sweep: usize,
     /// Whether an entry with an expiry may be stored (else there is nothing to sweep).
     may_expire: bool,
-    /// Expiry deadlines are nanoseconds after this instant (8 bytes in a slot, not 16).
-    epoch: Instant,
-}
-
-impl Default for MemoryInner {
-    fn default() -> Self {
-        MemoryInner {
-            entries: HashSet::default(),
-            checkpoints: HashMap::new(),
-            writes_since_sweep: 0,
-            may_expire: false,
-            epoch: Instant::now(),
-        }
-    }
 }
 
 /// A keyed entry: one table slot, one cache line. A batch write is bound by cache
-/// misses (the slot, then the replaced value it frees), so the key is stored in the slot
-/// when short: comparing it follows no pointer, and storing it allocates nothing.
+/// misses, so a key of up to 24 bytes is stored in the slot (`CompactString`): finding
+/// it follows no pointer and storing it allocates nothing; an overwrite then touches
+/// only the slot and the value it replaces.
 #[derive(Debug)]
 #[repr(align(64))]
 struct Slot {
-    key: Key,
+    key: CompactString,
     value: Vec<u8>,
-    /// Deadline in nanoseconds after [`MemoryInner::epoch`], or [`NEVER`].
-    expires: u64,
+    expires: Option<Instant>,
 }
 
 const _: () = assert!(
@@ -240,75 +231,10 @@ const _: () = assert!(
     "a slot is one cache line"
 );
 
-/// [`Slot::expires`] of an entry without TTL.
-const NEVER: u64 = u64::MAX;
-
-/// Longest key kept inside its slot: fills the slot's 64 bytes.
-const INLINE_KEY: usize = 30;
-
-/// A key's UTF-8 bytes, inline when short.
-#[derive(Debug)]
-enum Key {
-    Inline { len: u8, bytes: [u8; INLINE_KEY] },
-    Heap(String),
-}
-
-impl Key {
-    fn new(key: String) -> Key {
-        if key.len() <= INLINE_KEY {
-            let mut bytes = [0; INLINE_KEY];
-            bytes[..key.len()].copy_from_slice(key.as_bytes());
-            Key::Inline {
-                len: key.len() as u8,
-                bytes,
-            }
-        } else {
-            Key::Heap(key)
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Key::Heap(s) => s.as_bytes(),
-        }
-    }
-
-    fn to_owned_string(&self) -> String {
-        match self {
-            // Always valid: the bytes were copied from a `String`.
-            Key::Inline { .. } => String::from_utf8_lossy(self.as_bytes()).into_owned(),
-            Key::Heap(s) => s.clone(),
-        }
-    }
-}
-
-// A slot is its key for the set: found, hashed and compared by the key's bytes.
-impl std::hash::Hash for Slot {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.key.as_bytes().hash(state);
-    }
-}
-
-impl PartialEq for Slot {
-    fn eq(&self, other: &Slot) -> bool {
-        self.key.as_bytes() == other.key.as_bytes()
-    }
-}
-
-impl Eq for Slot {}
-
-impl std::borrow::Borrow<[u8]> for Slot {
-    fn borrow(&self) -> &[u8] {
-        self.key.as_bytes()
-    }
-}
-
 impl Slot {
-    /// Live at `now` (nanoseconds after the epoch); the clock is read only for entries
-    /// that expire.
-    fn live(&self, now: impl FnOnce() -> u64) -> bool {
-        self.expires == NEVER || self.expires > now()
+    /// Live at `now`; the clock is read only for entries that expire.
+    fn live(&self, now: impl FnOnce() -> Instant) -> bool {
+        self.expires.is_none_or(|t| t > now())
     }
 }
 
@@ -326,9 +252,11 @@ impl MemoryStateStore {
 }
 
 impl MemoryInner {
-    /// Nanoseconds since the epoch.
-    fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(NEVER - 1)
+    /// The live entry under `key`.
+    fn get(&self, key: &str) -> Option<&Slot> {
+        self.entries
+            .find(self.hasher.hash_one(key), |s| s.key == key)
+            .filter(|s| s.live(Instant::now))
     }
 
     /// Stores `entries` (under one lock: the caller's). No `reserve`: a batch that
@@ -338,25 +266,34 @@ impl MemoryInner {
         entries: impl ExactSizeIterator<Item = (String, Vec<u8>)>,
         ttl: Option<Duration>,
     ) {
-        let expires = ttl.map_or(NEVER, |t| {
-            let now = Duration::from_nanos(self.now());
-            u64::try_from((now + t).as_nanos()).unwrap_or(NEVER - 1)
-        });
-        self.may_expire |= expires != NEVER;
+        let expires = ttl.map(|t| Instant::now() + t);
+        self.may_expire |= expires.is_some();
         self.writes_since_sweep += entries.len();
+        let hasher = &self.hasher;
         for (key, value) in entries {
-            self.entries.replace(Slot {
-                key: Key::new(key),
-                value,
-                expires,
-            });
+            let hash = hasher.hash_one(key.as_str());
+            match self.entries.find_mut(hash, |s| s.key == key) {
+                Some(slot) => {
+                    slot.value = value;
+                    slot.expires = expires;
+                }
+                None => {
+                    let slot = Slot {
+                        key: CompactString::from(key),
+                        value,
+                        expires,
+                    };
+                    self.entries
+                        .insert_unique(hash, slot, |s| hasher.hash_one(s.key.as_str()));
+                }
+            }
         }
         // Expire actively so keys that are never read again do not accumulate; one pass
         // per `len` writes keeps the cost per write constant.
         if self.may_expire && self.writes_since_sweep >= self.entries.len().max(1024) {
-            let now = self.now();
-            self.entries.retain(|e| e.live(|| now));
-            self.may_expire = self.entries.iter().any(|e| e.expires != NEVER);
+            let now = Instant::now();
+            self.entries.retain(|s| s.live(|| now));
+            self.may_expire = self.entries.iter().any(|s| s.expires.is_some());
             self.writes_since_sweep = 0;
         }
     }
@@ -365,12 +302,7 @@ impl MemoryInner {
 #[async_trait]
 impl StateStore for MemoryStateStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        let inner = self.lock();
-        Ok(inner
-            .entries
-            .get(key.as_bytes())
-            .filter(|e| e.live(|| inner.now()))
-            .map(|e| e.value.clone()))
+        Ok(self.lock().get(key).map(|s| s.value.clone()))
     }
 
     async fn put(
@@ -385,20 +317,23 @@ impl StateStore for MemoryStateStore {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StateError> {
-        self.lock().entries.remove(key.as_bytes());
+        let mut inner = self.lock();
+        let hash = inner.hasher.hash_one(key);
+        if let Ok(slot) = inner.entries.find_entry(hash, |s| s.key == key) {
+            slot.remove();
+        }
         Ok(())
     }
 
     async fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
-        let inner = self.lock();
-        let now = inner.now();
-        let mut out: Vec<(String, Vec<u8>)> = inner
+        let now = Instant::now();
+        let mut out: Vec<(String, Vec<u8>)> = self
+            .lock()
             .entries
             .iter()
-            .filter(|e| e.key.as_bytes().starts_with(prefix.as_bytes()) && e.live(|| now))
-            .map(|e| (e.key.to_owned_string(), e.value.clone()))
+            .filter(|s| s.key.starts_with(prefix) && s.live(|| now))
+            .map(|s| (s.key.to_string(), s.value.clone()))
             .collect();
-        drop(inner);
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
@@ -579,10 +514,10 @@ mod tests {
         let keys = [
             String::new(),
             "k".to_string(),
-            "x".repeat(INLINE_KEY),
-            "y".repeat(INLINE_KEY + 1),
+            "x".repeat(24),
+            "y".repeat(25),
             "ü:€".to_string(),
-            format!("p/{}", "ü".repeat(INLINE_KEY)),
+            format!("p/{}", "ü".repeat(24)),
         ];
         for (i, k) in keys.iter().enumerate() {
             store.put(k, vec![i as u8], None).await.unwrap();
