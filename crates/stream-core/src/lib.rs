@@ -30,6 +30,7 @@ pub mod fluent;
 pub mod functions;
 pub mod keyed_state;
 pub mod pipeline;
+mod prefetch;
 pub mod query;
 pub mod stages;
 pub mod streaming;

@@ -5,6 +5,7 @@ use crate::deps::input_fields;
 use crate::error::{CompileError, EvalError, StageError};
 use crate::expr::{CompileCtx, Env};
 use crate::functions::FunctionRegistry;
+use crate::prefetch::prefetching;
 use crate::stages::{compile_stages, RefOutcome, Stage, StageState};
 use crate::value::{parse_value, Document, ExtJsonError, Str, Value};
 use std::sync::Arc;
@@ -181,7 +182,7 @@ impl Pipeline {
     pub fn run(&self, docs: impl IntoIterator<Item = Document>) -> BatchResult {
         let mut run = self.start();
         let mut result = BatchResult::default();
-        for doc in docs {
+        for doc in prefetching(docs) {
             run.push(doc, &mut result.documents, &mut result.errors);
         }
         run.finish(&mut result.documents, &mut result.errors);
@@ -216,7 +217,7 @@ impl Pipeline {
     pub fn run_ref<'d>(&self, docs: impl IntoIterator<Item = &'d Document>) -> BatchResult {
         let mut run = self.start();
         let mut result = BatchResult::default();
-        for doc in docs {
+        for doc in prefetching(docs) {
             run.push_ref(doc, &mut result.documents, &mut result.errors);
         }
         run.finish(&mut result.documents, &mut result.errors);
