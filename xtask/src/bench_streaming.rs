@@ -89,7 +89,7 @@ pub(crate) struct Comparison {
 
 /// How many times each side runs; the best run of each is compared. The machine is
 /// shared, so a single run can catch a burst of other work or a cold page cache.
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 3;
 
 impl Comparison {
     pub(crate) fn best_baseline(&self) -> Duration {

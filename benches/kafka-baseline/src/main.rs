@@ -5,35 +5,32 @@
 //! No parsing, no processing: the same messages in and out. Prints the elapsed seconds.
 //! `kafka-baseline --create BOOTSTRAP TOPIC PARTITIONS` creates a topic;
 //! `kafka-baseline --committed BOOTSTRAP GROUP TOPIC` prints the sum of the offsets
-//! `GROUP` committed on `TOPIC`'s partitions (how many messages a run consumed).
+//! `GROUP` committed on `TOPIC`'s partitions (how many messages a run consumed). Both
+//! are the test helpers of `test-support`, which panic saying what failed.
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use test_support::kafka::{create_topics, Committed};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [flag, bootstrap, a, b] = args.as_slice() {
-        let result = match flag.as_str() {
-            "--create" => Some(create(bootstrap, a, b.parse().unwrap_or(1))),
-            "--committed" => Some(committed(bootstrap, a, b).map(|sum| println!("{sum}"))),
-            _ => None, // BOOTSTRAP IN_TOPIC OUT_TOPIC COUNT, below
-        };
-        match result {
-            Some(Ok(())) => return ExitCode::SUCCESS,
-            Some(Err(e)) => {
-                eprintln!("kafka-baseline: {e}");
-                return ExitCode::FAILURE;
+        match flag.as_str() {
+            "--create" => {
+                create_topics(bootstrap, &[a], b.parse().unwrap_or(1));
+                return ExitCode::SUCCESS;
             }
-            None => {}
+            "--committed" => {
+                println!("{}", Committed::new(bootstrap, a, b).sum());
+                return ExitCode::SUCCESS;
+            }
+            _ => {} // BOOTSTRAP IN_TOPIC OUT_TOPIC COUNT, below
         }
     }
     let [bootstrap, input, output, count] = args.as_slice() else {
@@ -54,59 +51,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn create(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .map_err(|e| format!("admin client: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("runtime: {e}"))?;
-    let results = runtime
-        .block_on(admin.create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        ))
-        .map_err(|e| format!("creating {topic}: {e}"))?;
-    for r in results {
-        r.map_err(|(t, e)| format!("creating {t}: {e}"))?;
-    }
-    Ok(())
-}
-
-fn committed(bootstrap: &str, group: &str, topic: &str) -> Result<i64, String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .create()
-        .map_err(|e| format!("consumer: {e}"))?;
-    let timeout = Duration::from_secs(10);
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| format!("metadata of {topic}: {e}"))?;
-    let mut partitions = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            partitions.add_partition(topic, p.id());
-        }
-    }
-    let offsets = consumer
-        .committed_offsets(partitions, timeout)
-        .map_err(|e| format!("committed offsets of {group}: {e}"))?;
-    let sum = offsets
-        .elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
-        })
-        .sum();
-    // Dropped before the consumer (librdkafka hangs otherwise).
-    drop(offsets);
-    Ok(sum)
 }
 
 fn run(bootstrap: &str, input: &str, output: &str, count: u64) -> Result<Duration, String> {

@@ -4,123 +4,50 @@
 //! ahead of the output. Runs a private noida-db broker (installed by
 //! `cargo xtask services up`) on a free port.
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientConfig;
+use rdkafka::producer::FutureRecord;
 use std::collections::{BTreeMap, HashMap};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use stream_core::value::{parse_document, Value};
+use test_support::kafka::{create_topics, read_topic, start_broker, Committed, Producer};
+use test_support::{KillOnDrop, Server, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_srotax");
 const ORDERS: i64 = 20_000;
 const PARTITIONS: i32 = 3;
 
-/// A private broker, killed on drop.
+/// A private broker (killed on drop, before its directory is removed) and the files of
+/// the test.
 struct Broker {
-    child: Child,
+    _broker: Server,
     bootstrap: String,
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 impl Broker {
     fn start() -> Broker {
-        // The broker binary itself (killing the venv's Python launcher would leave it
-        // running).
-        let lib =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/services/kafka/venv/lib");
-        let bin = std::fs::read_dir(&lib)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().join("site-packages/noida_db/noida-db"))
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| {
-                panic!(
-                    "no noida-db broker under {}: run `cargo xtask services up` (it installs it)",
-                    lib.display()
-                )
-            });
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("srotax-kafka-eo-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new(bin)
-            .args([
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--only",
-                "kafka",
-                "--kafka-port",
-            ])
-            .arg(port.to_string())
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the private broker did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let dir = TempDir::new("kafka-eo");
+        let broker = start_broker(&dir.path().join("data"));
         Broker {
-            child,
-            bootstrap: format!("127.0.0.1:{port}"),
+            bootstrap: broker.address(),
+            _broker: broker,
             dir,
         }
     }
 
     fn file(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
+        self.dir.file(name)
     }
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn client(bootstrap: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap);
-    c
-}
-
-async fn setup(bootstrap: &str) {
-    let admin: AdminClient<DefaultClientContext> = client(bootstrap).create().unwrap();
-    let topics: Vec<NewTopic<'_>> = ["orders", "ltv-a", "paid-a", "ltv-b", "paid-b"]
-        .iter()
-        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
-        .collect();
-    for r in admin
-        .create_topics(&topics, &AdminOptions::new())
-        .await
-        .unwrap()
-    {
-        r.unwrap();
-    }
-    let producer: FutureProducer = client(bootstrap).create().unwrap();
+fn setup(bootstrap: &str) {
+    create_topics(
+        bootstrap,
+        &["orders", "ltv-a", "paid-a", "ltv-b", "paid-b"],
+        PARTITIONS,
+    );
     // Enqueue everything, then wait for the delivery reports.
-    let mut deliveries = Vec::new();
+    let mut producer = Producer::new(bootstrap);
     for i in 0..ORDERS {
         let status = if i % 3 == 0 { "PENDING" } else { "PAID" };
         let value = format!(
@@ -129,12 +56,9 @@ async fn setup(bootstrap: &str) {
             i % 7 + 1
         );
         let key = format!("c{}", i % 40);
-        let record = FutureRecord::to("orders").key(&key).payload(&value);
-        deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+        producer.send(FutureRecord::to("orders").key(&key).payload(&value));
     }
-    for delivery in deliveries {
-        delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
-    }
+    producer.flush();
 }
 
 /// Two pipelines: per-customer totals (`$group`, keyed by customer so each customer's
@@ -180,7 +104,7 @@ fn definitions(broker: &Broker, suffix: &str) -> Vec<String> {
 }
 
 /// Starts `srotax run`, its log appended to `log`.
-fn spawn(defs: &[String], log: &str) -> Child {
+fn spawn(defs: &[String], log: &str) -> KillOnDrop {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -193,6 +117,7 @@ fn spawn(defs: &[String], log: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(KillOnDrop)
         .unwrap()
 }
 
@@ -202,40 +127,11 @@ fn tail(log: &str) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
-/// Reads the committed offsets of a pipeline's consumer group on `orders` (without
-/// joining the group), reusing one connection so that polling is quick.
-struct Committed(BaseConsumer);
-
-impl Committed {
-    fn new(bootstrap: &str, group: &str) -> Committed {
-        Committed(client(bootstrap).set("group.id", group).create().unwrap())
-    }
-
-    /// Sum of the committed offsets over all partitions.
-    fn sum(&self) -> i64 {
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition("orders", p);
-        }
-        let c = self
-            .0
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .unwrap();
-        c.elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => o,
-                _ => 0,
-            })
-            .sum()
-    }
-}
-
 /// Waits until both pipelines consumed all orders, then stops the process gracefully.
-fn finish(bootstrap: &str, mut child: Child, suffix: &str, log: &str) {
+fn finish(bootstrap: &str, mut child: KillOnDrop, suffix: &str, log: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
-    let ltv = Committed::new(bootstrap, &format!("srotax-ltv-{suffix}"));
-    let paid = Committed::new(bootstrap, &format!("srotax-paid-{suffix}"));
+    let ltv = Committed::new(bootstrap, &format!("srotax-ltv-{suffix}"), "orders");
+    let paid = Committed::new(bootstrap, &format!("srotax-paid-{suffix}"), "orders");
     while ltv.sum() < ORDERS || paid.sum() < ORDERS {
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -259,24 +155,10 @@ fn finish(bootstrap: &str, mut child: Child, suffix: &str, log: &str) {
 
 /// Every committed message of `topic`, in order per partition, as documents.
 fn read_committed(bootstrap: &str, topic: &str) -> Vec<stream_core::Document> {
-    let consumer: BaseConsumer = client(bootstrap)
-        .set("group.id", format!("reader-{topic}"))
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
-    let mut last = Instant::now();
-    while last.elapsed() < Duration::from_secs(3) {
-        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-            let m = m.unwrap();
-            out.push(parse_document(std::str::from_utf8(m.payload().unwrap()).unwrap()).unwrap());
-            last = Instant::now();
-        }
-    }
-    out
+    read_topic(bootstrap, topic, 0, Duration::from_secs(3))
+        .iter()
+        .map(|r| parse_document(&r.payload).unwrap())
+        .collect()
 }
 
 /// Final (count, total) per customer; asserts that each customer's successive updates
@@ -311,8 +193,7 @@ fn paid_ids(docs: &[stream_core::Document]) -> HashMap<i64, usize> {
 #[test]
 fn kill_9_several_times_gives_the_output_of_an_uninterrupted_run() {
     let broker = Broker::start();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(setup(&broker.bootstrap));
+    setup(&broker.bootstrap);
 
     // The reference: an uninterrupted run.
     let reference = definitions(&broker, "a");
@@ -325,7 +206,7 @@ fn kill_9_several_times_gives_the_output_of_an_uninterrupted_run() {
     // Each round kills the process as soon as a checkpoint committed some progress, so
     // that a fast machine cannot finish the input in one round; rounds continue until
     // three kills landed mid-stream.
-    let committed = Committed::new(&broker.bootstrap, "srotax-ltv-b");
+    let committed = Committed::new(&broker.bootstrap, "srotax-ltv-b", "orders");
     let mut kills_mid_stream = 0;
     let mut progress = Vec::new();
     while kills_mid_stream < 3 {

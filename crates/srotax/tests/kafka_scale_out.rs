@@ -13,18 +13,14 @@
 //! so the restarted process takes its place through static membership,
 //! `group.instance.id`, instead of the others taking its partitions.)
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientConfig;
+use rdkafka::producer::FutureRecord;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use stream_core::value::{parse_document, Value};
+use test_support::kafka::{bootstrap, create_topics, read_topic, Committed, Producer};
+use test_support::{redis_url, unique, KillOnDrop, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_srotax");
 const PARTITIONS: i32 = 6;
@@ -35,59 +31,6 @@ const CUSTOMERS: i64 = 97;
 /// Order `id`: customer, paid or not, value (integers, so sums are exact).
 fn order(id: i64) -> (String, bool, i64) {
     (format!("c{}", id % CUSTOMERS), id % 5 != 0, id % 50 + 1)
-}
-
-fn redis_url() -> String {
-    let url =
-        std::env::var("SROTAX_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".into());
-    let addr = url.trim_start_matches("redis://").trim_end_matches('/');
-    assert!(
-        TcpStream::connect(addr).is_ok(),
-        "no Redis answers at {url}: run `cargo xtask services up` (or set SROTAX_TEST_REDIS_URL)"
-    );
-    url
-}
-
-fn bootstrap() -> String {
-    let addr =
-        std::env::var("SROTAX_TEST_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".into());
-    let reachable = addr
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
-    assert!(
-        reachable,
-        "no Kafka broker on {addr}: run `cargo xtask services up` (or set SROTAX_TEST_KAFKA_BOOTSTRAP)"
-    );
-    addr
-}
-
-fn client(bootstrap: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap);
-    c
-}
-
-fn committed_total(bootstrap: &str, group: &str, topic: &str) -> i64 {
-    let consumer: BaseConsumer = client(bootstrap).set("group.id", group).create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(topic, p);
-    }
-    let c = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
-    let sum = c
-        .elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
-        })
-        .sum();
-    drop(c); // before the consumer (librdkafka hangs otherwise)
-    sum
 }
 
 /// The partitions named in the last "kafka partitions assigned" line of a log.
@@ -125,12 +68,14 @@ fn stop(child: &mut Child) {
 /// processes; a producer of orders into the topic.
 struct Scenario {
     bootstrap: String,
-    run_id: String,
     input: String,
     output: String,
     group: String,
-    dir: std::path::PathBuf,
-    def: std::path::PathBuf,
+    dir: TempDir,
+    def: String,
+    /// Opened at the first look, not with the scenario: no other client of the group
+    /// exists before the test looks.
+    committed: OnceLock<Committed>,
 }
 
 impl Scenario {
@@ -138,43 +83,21 @@ impl Scenario {
     fn new(name: &str, static_members: bool) -> Scenario {
         let bootstrap = bootstrap();
         let redis = redis_url();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let run_id = format!("{name}-{}-{nanos}", std::process::id());
+        let run_id = unique(name);
         let (input, output, group) = (
             format!("scale-in-{run_id}"),
             format!("scale-out-{run_id}"),
             format!("scale-group-{run_id}"),
         );
-        let dir = std::env::temp_dir().join(format!("srotax-scale-out-{run_id}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let admin: AdminClient<DefaultClientContext> = client(&bootstrap).create().unwrap();
-            for r in admin
-                .create_topics(
-                    &[NewTopic::new(
-                        &input,
-                        PARTITIONS,
-                        TopicReplication::Fixed(1),
-                    )],
-                    &AdminOptions::new(),
-                )
-                .await
-                .unwrap()
-            {
-                r.unwrap();
-            }
-        });
+        let dir = TempDir::new("scale-out");
+        create_topics(&bootstrap, &[&input], PARTITIONS);
         let properties = if static_members {
             r#", "properties": {"group.instance.id": "${INSTANCE}"}"#
         } else {
             ""
         };
         // One definition for every process, one shared state store.
-        let def = dir.join("scale.json");
+        let def = dir.file("scale.json");
         std::fs::write(
             &def,
             format!(
@@ -193,21 +116,21 @@ impl Scenario {
         .unwrap();
         Scenario {
             bootstrap,
-            run_id,
             input,
             output,
             group,
             dir,
             def,
+            committed: OnceLock::new(),
         }
     }
 
     fn log(&self, i: usize) -> String {
-        self.dir.join(format!("p{i}.log")).display().to_string()
+        self.dir.file(&format!("p{i}.log"))
     }
 
     /// Starts process `i` (appending to its log).
-    fn spawn(&self, i: usize) -> Child {
+    fn spawn(&self, i: usize) -> KillOnDrop {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -221,6 +144,7 @@ impl Scenario {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
+            .map(KillOnDrop)
             .unwrap()
     }
 
@@ -229,30 +153,29 @@ impl Scenario {
         let bootstrap = self.bootstrap.clone();
         let topic = self.input.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async {
-                let p: FutureProducer = client(&bootstrap).create().unwrap();
-                for round in 0..ROUNDS {
-                    for j in 0..PER_ROUND {
-                        let id = round * PER_ROUND + j;
-                        let (customer, paid, value) = order(id);
-                        let status = if paid { "PAID" } else { "NEW" };
-                        let doc = format!(
-                            r#"{{"id": {id}, "customerId": "{customer}", "status": "{status}", "orderValue": {value}}}"#
-                        );
-                        // Keyed by customer: a customer's orders are all in one partition.
-                        p.send_result(FutureRecord::to(&topic).key(&customer).payload(&doc))
-                            .unwrap();
-                    }
-                    tokio::time::sleep(Duration::from_millis(150)).await;
+            let mut p = Producer::new(&bootstrap);
+            for round in 0..ROUNDS {
+                for j in 0..PER_ROUND {
+                    let id = round * PER_ROUND + j;
+                    let (customer, paid, value) = order(id);
+                    let status = if paid { "PAID" } else { "NEW" };
+                    let doc = format!(
+                        r#"{{"id": {id}, "customerId": "{customer}", "status": "{status}", "orderValue": {value}}}"#
+                    );
+                    // Keyed by customer: a customer's orders are all in one partition.
+                    p.send(FutureRecord::to(&topic).key(&customer).payload(&doc));
                 }
-                rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
-            });
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            p.flush();
         })
     }
 
+    /// How many messages the group consumed (committed).
     fn committed(&self) -> i64 {
-        committed_total(&self.bootstrap, &self.group, &self.input)
+        self.committed
+            .get_or_init(|| Committed::new(&self.bootstrap, &self.group, &self.input))
+            .sum()
     }
 
     /// Waits until the group committed at least `n` offsets.
@@ -280,26 +203,14 @@ impl Scenario {
                 e.1 += value;
             }
         }
-        let consumer: BaseConsumer = client(&self.bootstrap)
-            .set("group.id", format!("reader-{}", self.run_id))
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .unwrap();
-        consumer.subscribe(&[&self.output]).unwrap();
         // Upserts keyed by customer: one output partition per key keeps them in order.
         let mut last_value: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-        let mut updates = 0;
-        let mut last = Instant::now();
-        while last.elapsed() < Duration::from_secs(3) {
-            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-                let m = m.unwrap();
-                let d = parse_document(std::str::from_utf8(m.payload().unwrap()).unwrap()).unwrap();
-                let field = |f: &str| d.get(f).and_then(Value::as_i64_exact).unwrap();
-                let id = d.get("_id").and_then(Value::as_str).unwrap().to_string();
-                last_value.insert(id, (field("orderCount"), field("lifetimeValue")));
-                updates += 1;
-                last = Instant::now();
-            }
+        let records = read_topic(&self.bootstrap, &self.output, 0, Duration::from_secs(3));
+        for r in &records {
+            let d = parse_document(&r.payload).unwrap();
+            let field = |f: &str| d.get(f).and_then(Value::as_i64_exact).unwrap();
+            let id = d.get("_id").and_then(Value::as_str).unwrap().to_string();
+            last_value.insert(id, (field("orderCount"), field("lifetimeValue")));
         }
         let wrong: Vec<String> = expected
             .iter()
@@ -313,13 +224,7 @@ impl Scenario {
             expected.len(),
             &wrong[..wrong.len().min(10)]
         );
-        (expected.len(), updates)
-    }
-}
-
-impl Drop for Scenario {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        (expected.len(), records.len())
     }
 }
 
@@ -327,7 +232,7 @@ impl Drop for Scenario {
 fn three_processes_share_a_topic_and_take_over_a_stopped_ones_partitions_and_state() {
     let s = Scenario::new("stop", false);
     let producing = s.produce();
-    let mut children: Vec<Child> = (0..3).map(|i| s.spawn(i)).collect();
+    let mut children: Vec<KillOnDrop> = (0..3).map(|i| s.spawn(i)).collect();
     // Wait until the three share the six partitions.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -371,7 +276,7 @@ fn three_processes_share_a_topic_and_take_over_a_stopped_ones_partitions_and_sta
 fn a_process_killed_and_restarted_resumes_its_partitions_state_exactly() {
     let s = Scenario::new("kill", true);
     let producing = s.produce();
-    let mut children: Vec<Child> = (0..2).map(|i| s.spawn(i)).collect();
+    let mut children: Vec<KillOnDrop> = (0..2).map(|i| s.spawn(i)).collect();
     let total = ROUNDS * PER_ROUND;
     s.wait_committed(3000, Duration::from_secs(60));
     // Killed twice mid-stream: output and state after its last checkpoint are lost.

@@ -4,22 +4,15 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use test_support::{redis_url, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_srotax");
 
-fn redis_url() -> String {
-    std::env::var("SROTAX_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".into())
-}
-
 fn redis_connection() -> TcpStream {
     let url = redis_url();
-    let addr = url.trim_start_matches("redis://").trim_end_matches('/');
-    TcpStream::connect(addr).unwrap_or_else(|e| {
-        panic!("no Redis answers at {url} ({e}): run `cargo xtask services up` (or set SROTAX_TEST_REDIS_URL)")
-    })
+    TcpStream::connect(url.trim_start_matches("redis://").trim_end_matches('/')).unwrap()
 }
 
 /// How many checkpoints Redis holds for `pipeline` (ZCARD of its index).
@@ -32,29 +25,9 @@ fn stored_checkpoints(pipeline: &str) -> i64 {
     line.trim().trim_start_matches(':').parse().unwrap()
 }
 
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("srotax-redis-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The orders pipeline of `samples/orders-ltv/streaming.json` with Redis state; the URL
 /// comes from the environment through `${VAR}` substitution, as a deployment would do.
-fn definition(dir: &Dir, id: &str, pipeline: &str) -> String {
+fn definition(dir: &TempDir, id: &str, pipeline: &str) -> String {
     let def = format!(
         r#"{{"pipelineId": "{id}",
             "source": {{"type": "file", "options": {{"path": "{input}"}}}},
@@ -64,11 +37,11 @@ fn definition(dir: &Dir, id: &str, pipeline: &str) -> String {
             "state": {{"type": "redis", "options": {{
                 "url": "${{SROTAX_TEST_REDIS_URL:-redis://127.0.0.1:16379}}",
                 "keyPrefix": "srotax-e2e-{pid}"}}}}}}"#,
-        input = dir.path("orders.jsonl"),
-        output = dir.path(&format!("{id}.out.jsonl")),
+        input = dir.file("orders.jsonl"),
+        output = dir.file(&format!("{id}.out.jsonl")),
         pid = std::process::id(),
     );
-    let path = dir.path(&format!("{id}.json"));
+    let path = dir.file(&format!("{id}.json"));
     std::fs::write(&path, def).unwrap();
     path
 }
@@ -117,11 +90,11 @@ fn kill_after(def: &str, delays_ms: &[u64]) -> usize {
 
 fn same_output_after_kills(name: &str, pipeline: &str) {
     drop(redis_connection());
-    let dir = Dir::new(name);
-    stream_connect::write_orders_jsonl(dir.path("orders.jsonl"), 60_000, 7).unwrap();
+    let dir = TempDir::new(&format!("redis-{name}"));
+    stream_connect::write_orders_jsonl(dir.file("orders.jsonl"), 60_000, 7).unwrap();
     let reference_def = definition(&dir, &format!("{name}-reference"), pipeline);
     run_to_end(&reference_def);
-    let reference = lines(&dir.path(&format!("{name}-reference.out.jsonl")));
+    let reference = lines(&dir.file(&format!("{name}-reference.out.jsonl")));
     assert!(reference.len() > 100, "{} lines", reference.len());
     // The orchestrator prunes old checkpoints: 10 kept, pruned every 10th.
     let kept = stored_checkpoints(&format!("{name}-reference"));
@@ -135,7 +108,7 @@ fn same_output_after_kills(name: &str, pipeline: &str) {
     );
     run_to_end(&def);
     assert_eq!(
-        lines(&dir.path(&format!("{name}.out.jsonl"))),
+        lines(&dir.file(&format!("{name}.out.jsonl"))),
         reference,
         "after {killed} kill -9 the output must equal the uninterrupted run's"
     );

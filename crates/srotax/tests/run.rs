@@ -2,34 +2,14 @@
 //! `kill -9` in the middle of runs.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use stream_core::value::{parse_document, Value};
+use test_support::{free_port, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_srotax");
 
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("srotax-run-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn definition(dir: &Dir, id: &str, pipeline: &str) -> String {
+fn definition(dir: &TempDir, id: &str, pipeline: &str) -> String {
     let def = format!(
         r#"{{"pipelineId": "{id}",
             "source": {{"type": "file", "options": {{"path": "{input}"}}}},
@@ -37,11 +17,11 @@ fn definition(dir: &Dir, id: &str, pipeline: &str) -> String {
             "sink": {{"type": "file", "options": {{"path": "{output}"}}}},
             "runtime": {{"microBatchSize": 500, "checkpointInterval": "50 ms"}},
             "state": {{"type": "file", "options": {{"path": "{state}"}}}}}}"#,
-        input = dir.path("orders.jsonl"),
-        output = dir.path(&format!("{id}.out.jsonl")),
-        state = dir.path("state"),
+        input = dir.file("orders.jsonl"),
+        output = dir.file(&format!("{id}.out.jsonl")),
+        state = dir.file("state"),
     );
-    let path = dir.path(&format!("{id}.json"));
+    let path = dir.file(&format!("{id}.json"));
     std::fs::write(&path, def).unwrap();
     path
 }
@@ -94,20 +74,20 @@ fn kill_mid_run(def: &str, output: &str, rounds: usize) -> usize {
     killed
 }
 
-fn generate_input(dir: &Dir, count: u64) {
-    stream_connect::write_orders_jsonl(dir.path("orders.jsonl"), count, 7).unwrap();
+fn generate_input(dir: &TempDir, count: u64) {
+    stream_connect::write_orders_jsonl(dir.file("orders.jsonl"), count, 7).unwrap();
 }
 
 #[test]
 fn kill_9_mid_run_loses_nothing_and_duplicates_nothing() {
-    let dir = Dir::new("stateless");
+    let dir = TempDir::new("stateless");
     generate_input(&dir, 60_000);
     let def = definition(
         &dir,
         "paid",
         r#"[{"$match": {"status": "PAID"}}, {"$project": {"_id": "$orderId", "v": "$orderValue"}}]"#,
     );
-    let output = dir.path("paid.out.jsonl");
+    let output = dir.file("paid.out.jsonl");
     let killed = kill_mid_run(&def, &output, 3);
     assert!(
         killed >= 1,
@@ -115,7 +95,7 @@ fn kill_9_mid_run_loses_nothing_and_duplicates_nothing() {
     );
     run_to_end(&def);
 
-    let expected: HashSet<String> = lines(&dir.path("orders.jsonl"))
+    let expected: HashSet<String> = lines(&dir.file("orders.jsonl"))
         .iter()
         .map(|l| parse_document(l).unwrap())
         .filter(|d| d.get("status").and_then(Value::as_str) == Some("PAID"))
@@ -148,16 +128,16 @@ fn kill_9_mid_run_loses_nothing_and_duplicates_nothing() {
 
 #[test]
 fn kill_9_during_a_group_gives_the_same_final_table_as_an_uninterrupted_run() {
-    let dir = Dir::new("group");
+    let dir = TempDir::new("group");
     generate_input(&dir, 60_000);
     let pipeline = r#"[{"$match": {"status": "PAID"}}, {"$group": {"_id": "$customerId", "n": {"$count": {}}, "total": {"$sum": "$orderValue"}}}, {"$sort": {"_id": 1}}]"#;
     let reference_def = definition(&dir, "ltv-reference", pipeline);
     run_to_end(&reference_def);
-    let reference = lines(&dir.path("ltv-reference.out.jsonl"));
+    let reference = lines(&dir.file("ltv-reference.out.jsonl"));
     assert!(reference.len() > 100);
 
     let def = definition(&dir, "ltv", pipeline);
-    let output = dir.path("ltv.out.jsonl");
+    let output = dir.file("ltv.out.jsonl");
     // The table is written only at the end of the input, so kill on elapsed time.
     let mut killed = 0;
     for delay_ms in [150u64, 300, 450] {
@@ -184,7 +164,7 @@ fn kill_9_during_a_group_gives_the_same_final_table_as_an_uninterrupted_run() {
         "restored group state must give the uninterrupted result"
     );
     // The same pipeline through `srotax eval` (rule-engine mode) agrees too.
-    let pipeline_file = dir.path("pipeline.json");
+    let pipeline_file = dir.file("pipeline.json");
     std::fs::write(&pipeline_file, pipeline).unwrap();
     let eval = Command::new(BIN)
         .args([
@@ -192,7 +172,7 @@ fn kill_9_during_a_group_gives_the_same_final_table_as_an_uninterrupted_run() {
             "--pipeline",
             &pipeline_file,
             "--input",
-            &dir.path("orders.jsonl"),
+            &dir.file("orders.jsonl"),
         ])
         .output()
         .unwrap();
@@ -207,8 +187,8 @@ fn kill_9_during_a_group_gives_the_same_final_table_as_an_uninterrupted_run() {
 
 #[test]
 fn invalid_definitions_exit_2_naming_file_and_path() {
-    let dir = Dir::new("invalid");
-    let def = dir.path("bad.json");
+    let dir = TempDir::new("invalid");
+    let def = dir.file("bad.json");
     std::fs::write(
         &def,
         r#"{"pipelineId": "bad", "source": {"type": "file", "options": {"path": "x.jsonl"}}, "pipeline": [{"$group": {"_id": 1, "t": {"$summ": 1}}}], "sink": {"type": "stdio"}}"#,
@@ -235,7 +215,7 @@ fn invalid_definitions_exit_2_naming_file_and_path() {
 
 #[test]
 fn two_pipelines_run_side_by_side_and_report_summaries() {
-    let dir = Dir::new("two");
+    let dir = TempDir::new("two");
     generate_input(&dir, 2_000);
     let a = definition(&dir, "a", r#"[{"$match": {"status": "PAID"}}]"#);
     let b = definition(&dir, "b", r#"[{"$count": "n"}]"#);
@@ -246,7 +226,7 @@ fn two_pipelines_run_side_by_side_and_report_summaries() {
         "{err}"
     );
     assert_eq!(
-        lines(&dir.path("b.out.jsonl")),
+        lines(&dir.file("b.out.jsonl")),
         vec![r#"{"n":2000}"#.to_string()]
     );
 }
@@ -264,9 +244,9 @@ fn run_to_end_many(defs: &[&str]) -> std::process::Output {
 #[cfg(unix)]
 #[test]
 fn sigterm_stops_gracefully_and_metrics_are_served() {
-    let dir = Dir::new("sigterm");
-    let output = dir.path("gen.out.jsonl");
-    let def = dir.path("gen.json");
+    let dir = TempDir::new("sigterm");
+    let output = dir.file("gen.out.jsonl");
+    let def = dir.file("gen.json");
     std::fs::write(
         &def,
         format!(
@@ -275,7 +255,7 @@ fn sigterm_stops_gracefully_and_metrics_are_served() {
                 "sink": {{"type": "file", "options": {{"path": "{output}"}}}},
                 "state": {{"type": "file", "options": {{"path": "{state}"}}}},
                 "metrics": {{"tags": {{"tenant": "acme"}}}}}}"#,
-            state = dir.path("state")
+            state = dir.file("state")
         ),
     )
     .unwrap();
@@ -322,14 +302,6 @@ fn sigterm_stops_gracefully_and_metrics_are_served() {
     assert!(!lines(&output).is_empty());
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -342,13 +314,13 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 
 #[test]
 fn the_streaming_sample_gives_the_expected_table_and_resumes() {
-    let dir = Dir::new("sample");
+    let dir = TempDir::new("sample");
     let samples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../samples");
     let run = || {
         let out = Command::new(BIN)
             .args(["run", &format!("{samples}/orders-ltv/streaming.json")])
             .env("SAMPLES", samples)
-            .env("OUT_DIR", dir.0.display().to_string())
+            .env("OUT_DIR", dir.path().display().to_string())
             .output()
             .unwrap();
         assert!(
@@ -364,12 +336,12 @@ fn the_streaming_sample_gives_the_expected_table_and_resumes() {
         "{first}"
     );
     let expected = lines(&format!("{samples}/orders-ltv/expected.jsonl"));
-    assert_eq!(lines(&dir.path("orders-ltv.jsonl")), expected);
+    assert_eq!(lines(&dir.file("orders-ltv.jsonl")), expected);
     // Everything was checkpointed: a second run reads nothing and adds nothing.
     let second = run();
     assert!(
         second.contains("orders-ltv: completed: in 0, out 0"),
         "{second}"
     );
-    assert_eq!(lines(&dir.path("orders-ltv.jsonl")), expected);
+    assert_eq!(lines(&dir.file("orders-ltv.jsonl")), expected);
 }

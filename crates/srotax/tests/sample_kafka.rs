@@ -4,17 +4,15 @@
 //! posted to the sample's receiver (`receive-http.py`, run with `python3`), equal those
 //! computed from the orders.
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::ClientConfig;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stream_core::value::{parse_document, Value};
+use test_support::kafka::{bootstrap, read_topic};
+use test_support::{unique, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_srotax");
 
@@ -22,50 +20,12 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn bootstrap() -> String {
-    let addr =
-        std::env::var("SROTAX_TEST_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".into());
-    let reachable = addr
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
-    assert!(
-        reachable,
-        "no Kafka broker on {addr}: run `cargo xtask services up` (or set SROTAX_TEST_KAFKA_BOOTSTRAP)"
-    );
-    addr
-}
-
 /// Every committed message of `topic` as documents, in order per partition.
 fn read_committed(bootstrap: &str, topic: &str) -> Vec<stream_core::Document> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set(
-            "group.id",
-            format!("sample-reader-{topic}-{:?}", Instant::now()),
-        )
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
-    let mut last = Instant::now();
-    while last.elapsed() < Duration::from_secs(2) {
-        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            let m = match m {
-                Ok(m) => m,
-                // Not created yet: nothing was published so far.
-                Err(e) if e.to_string().contains("UnknownTopicOrPartition") => return out,
-                Err(e) => panic!("reading {topic}: {e}"),
-            };
-            out.push(parse_document(std::str::from_utf8(m.payload().unwrap()).unwrap()).unwrap());
-            last = Instant::now();
-        }
-    }
-    out
+    read_topic(bootstrap, topic, 0, Duration::from_secs(2))
+        .iter()
+        .map(|r| parse_document(&r.payload).unwrap())
+        .collect()
 }
 
 /// (orderCount, lifetimeValue) per customer.
@@ -104,30 +64,30 @@ struct Sample {
     bootstrap: String,
     orders_topic: String,
     ltv_topic: String,
-    out_dir: PathBuf,
+    _out_dir: TempDir,
     env: Vec<(&'static str, String)>,
 }
 
 impl Sample {
     fn new() -> Sample {
         let bootstrap = bootstrap();
-        let run_id = format!("{}-{}", std::process::id(), nanos_now());
+        let run_id = unique("run");
         let orders_topic = format!("sample-orders-{run_id}");
         let ltv_topic = format!("sample-ltv-{run_id}");
-        let out_dir = std::env::temp_dir().join(format!("srotax-sample-kafka-{run_id}"));
+        let out_dir = TempDir::new("sample-kafka");
         let env = vec![
             ("KAFKA_BOOTSTRAP", bootstrap.clone()),
             ("ORDERS_TOPIC", orders_topic.clone()),
             ("LTV_TOPIC", ltv_topic.clone()),
             ("GROUP_ID", format!("sample-ltv-{run_id}")),
             ("ORDERS", "3000".into()),
-            ("OUT_DIR", out_dir.display().to_string()),
+            ("OUT_DIR", out_dir.path().display().to_string()),
         ];
         Sample {
             bootstrap,
             orders_topic,
             ltv_topic,
-            out_dir,
+            _out_dir: out_dir,
             env,
         }
     }
@@ -159,12 +119,6 @@ impl Sample {
             "{expected:?}"
         );
         expected
-    }
-}
-
-impl Drop for Sample {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.out_dir);
     }
 }
 
@@ -258,12 +212,4 @@ fn the_http_variant_posts_exact_totals_to_the_sample_receiver() {
     await_totals(&mut pipeline, &expected, || {
         published_totals(&received.lock().unwrap())
     });
-}
-
-/// Nanoseconds since the epoch, to name this run's topics.
-fn nanos_now() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
 }

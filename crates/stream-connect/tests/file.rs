@@ -3,10 +3,11 @@
 
 mod common;
 
-use common::{eventually, finish, read_lines, TempDir};
+use common::{eventually, finish, read_lines};
 use std::time::Duration;
 use stream_connect::{builtin_registry, MemoryHub};
 use stream_core::streaming::*;
+use test_support::TempDir;
 
 fn file_source(path: &str) -> ConnectorConfig {
     ConnectorConfig::new("file").option("path", path)

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{finish, TempDir};
+use common::finish;
 use std::time::{Duration, Instant};
 use stream_connect::generator::{DEFAULT_CUSTOMERS, DEFAULT_SEED};
 use stream_connect::{
@@ -11,6 +11,7 @@ use stream_connect::{
 };
 use stream_core::streaming::*;
 use stream_core::value::{parse_document, Document, Value};
+use test_support::TempDir;
 
 fn generator() -> ConnectorConfig {
     ConnectorConfig::new("generator")

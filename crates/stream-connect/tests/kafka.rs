@@ -2,71 +2,20 @@
 //! (127.0.0.1:19092, or `SROTAX_TEST_KAFKA_BOOTSTRAP`): metadata, order per partition,
 //! offsets committed after checkpoints, resume, routing, keys, headers, option errors.
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
 use std::collections::BTreeMap;
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 use stream_connect::builtin_registry;
 use stream_connect::MemoryHub;
 use stream_core::streaming::*;
 use stream_core::value::{Document, Value};
+use test_support::kafka::{bootstrap, create_topics, read_topic, Committed, Producer};
+use test_support::unique;
 
-/// The broker address; panics (never skips) when nothing answers there.
-fn bootstrap() -> String {
-    let addr =
-        std::env::var("SROTAX_TEST_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".into());
-    let reachable = addr
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
-    assert!(
-        reachable,
-        "no Kafka broker on {addr}: run `cargo xtask services up` (or set SROTAX_TEST_KAFKA_BOOTSTRAP)"
-    );
-    addr
-}
-
-/// A topic name no other test run uses.
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{name}-{}-{nanos}", std::process::id())
-}
-
-async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    for r in results {
-        r.unwrap();
-    }
-}
-
-fn producer(bootstrap: &str) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap()
-}
-
-async fn produce(p: &FutureProducer, topic: &str, partition: i32, key: &str, value: &str) {
+/// Sends one record with an `origin: test` header and waits for its delivery, so that
+/// the records of a partition get consecutive offsets in order.
+fn produce(p: &mut Producer, topic: &str, partition: i32, key: &str, value: &str) {
     let headers = OwnedHeaders::new().insert(Header {
         key: "origin",
         value: Some("test"),
@@ -77,86 +26,8 @@ async fn produce(p: &FutureProducer, topic: &str, partition: i32, key: &str, val
             .key(key)
             .payload(value)
             .headers(headers),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
-}
-
-/// A message read back: payload, key, headers.
-type ReadBack = (String, Option<String>, Vec<(String, String)>);
-
-/// Every message of `topic` (all partitions, from the start), read_committed.
-fn read_all(bootstrap: &str, topic: &str, expected: usize) -> Vec<ReadBack> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique("reader"))
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut quiet_since = Instant::now();
-    while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|x| {
-                                (
-                                    x.key.to_string(),
-                                    String::from_utf8_lossy(x.value.unwrap_or_default()).into(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push((
-                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-                    m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    headers,
-                ));
-                quiet_since = Instant::now();
-            }
-            Some(Err(e)) => panic!("reading {topic}: {e}"),
-            None if out.len() >= expected && quiet_since.elapsed() > Duration::from_secs(1) => {
-                break
-            }
-            None => {}
-        }
-    }
-    out
-}
-
-/// The consumer group's committed offsets of `topic`'s partitions 0..n.
-fn committed(bootstrap: &str, group: &str, topic: &str, n: i32) -> Vec<Option<i64>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..n {
-        tpl.add_partition(topic, p);
-    }
-    let c = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
-    let out = c
-        .elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(o) => Some(o),
-            _ => None,
-        })
-        .collect();
-    drop(c); // before the consumer (librdkafka hangs otherwise)
-    out
+    );
+    p.flush();
 }
 
 fn kafka_source(bootstrap: &str, topic: &str, group: &str) -> ConnectorConfig {
@@ -201,18 +72,17 @@ async fn the_source_keeps_partition_order_exposes_metadata_and_commits_after_che
     let bootstrap = bootstrap();
     let topic = unique("src-order");
     let group = unique("src-group");
-    create_topic(&bootstrap, &topic, 3).await;
-    let p = producer(&bootstrap);
+    create_topics(&bootstrap, &[&topic], 3);
+    let mut p = Producer::new(&bootstrap);
     for i in 0..60 {
         let partition = i % 3;
         produce(
-            &p,
+            &mut p,
             &topic,
             partition,
             &format!("k{i}"),
             &format!(r#"{{"i": {i}, "p": {partition}}}"#),
-        )
-        .await;
+        );
     }
     let hub = MemoryHub::global();
     let out = unique("src-out");
@@ -263,7 +133,7 @@ async fn the_source_keeps_partition_order_exposes_metadata_and_commits_after_che
     }
     // The final checkpoint covers everything; the group's offsets follow it.
     assert_eq!(
-        committed(&bootstrap, &group, &topic, 3),
+        Committed::new(&bootstrap, &group, &topic).offsets(),
         vec![Some(20), Some(20), Some(20)]
     );
     hub.remove(&out);
@@ -274,17 +144,16 @@ async fn a_restarted_source_resumes_after_its_checkpoint_with_state() {
     let bootstrap = bootstrap();
     let topic = unique("src-resume");
     let group = unique("resume-group");
-    create_topic(&bootstrap, &topic, 2).await;
-    let p = producer(&bootstrap);
+    create_topics(&bootstrap, &[&topic], 2);
+    let mut p = Producer::new(&bootstrap);
     for i in 0..10 {
         produce(
-            &p,
+            &mut p,
             &topic,
             i % 2,
             "k",
             &format!(r#"{{"c": "c{}", "v": 1}}"#, i % 2),
-        )
-        .await;
+        );
     }
     let hub = MemoryHub::global();
     let out = unique("resume-out");
@@ -317,13 +186,12 @@ async fn a_restarted_source_resumes_after_its_checkpoint_with_state() {
     stop(&handle).await;
     for i in 0..6 {
         produce(
-            &p,
+            &mut p,
             &topic,
             i % 2,
             "k",
             &format!(r#"{{"c": "c{}", "v": 1}}"#, i % 2),
-        )
-        .await;
+        );
     }
     let handle = orchestrator.run(def).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -337,7 +205,7 @@ async fn a_restarted_source_resumes_after_its_checkpoint_with_state() {
         "only the new records are read"
     );
     assert_eq!(
-        committed(&bootstrap, &group, &topic, 2),
+        Committed::new(&bootstrap, &group, &topic).offsets(),
         vec![Some(8), Some(8)]
     );
     hub.remove(&out);
@@ -348,8 +216,7 @@ async fn the_sink_routes_by_topic_expression_with_key_and_headers() {
     let bootstrap = bootstrap();
     let prefix = unique("sink");
     let (eu, us) = (format!("{prefix}.eu"), format!("{prefix}.us"));
-    create_topic(&bootstrap, &eu, 1).await;
-    create_topic(&bootstrap, &us, 1).await;
+    create_topics(&bootstrap, &[&eu, &us], 1);
     let hub = MemoryHub::global();
     let input = unique("sink-in");
     for i in 0..10 {
@@ -394,15 +261,18 @@ async fn the_sink_routes_by_topic_expression_with_key_and_headers() {
         "acknowledged by delivery reports"
     );
     for (topic, parity) in [(&eu, 0), (&us, 1)] {
-        let got = read_all(&bootstrap, topic, 5);
+        let got = read_topic(&bootstrap, topic, 5, Duration::from_secs(1));
         assert_eq!(got.len(), 5, "{topic}: {got:?}");
-        for (payload, key, headers) in got {
-            let d = stream_core::value::parse_document(&payload).unwrap();
+        for record in got {
+            let d = stream_core::value::parse_document(&record.payload).unwrap();
             let id = d.get("id").unwrap().as_i64_exact().unwrap();
             assert_eq!(id % 2, parity);
-            assert_eq!(key, Some(format!("c{id}")));
+            assert_eq!(record.key, Some(format!("c{id}")));
             let region = if parity == 0 { "eu" } else { "us" };
-            assert_eq!(headers, vec![("region".to_string(), region.to_string())]);
+            assert_eq!(
+                record.headers,
+                vec![("region".to_string(), region.to_string())]
+            );
         }
     }
     hub.remove(&input);

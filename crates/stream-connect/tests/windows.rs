@@ -4,11 +4,12 @@
 
 mod common;
 
-use common::{finish, read_lines, TempDir};
+use common::{finish, read_lines};
 use std::time::Duration;
 use stream_connect::{builtin_registry, MemoryHub};
 use stream_core::streaming::*;
 use stream_core::value::{Document, Value};
+use test_support::TempDir;
 
 fn memory(name: &str) -> ConnectorConfig {
     ConnectorConfig::new("memory").option("name", name)

@@ -51,7 +51,13 @@ mod tests {
 
     #[test]
     fn prefetching_yields_every_document_once_in_order() {
-        for n in [0, 1, DOCUMENTS_AHEAD - 1, DOCUMENTS_AHEAD, 3 * DOCUMENTS_AHEAD + 1] {
+        for n in [
+            0,
+            1,
+            DOCUMENTS_AHEAD - 1,
+            DOCUMENTS_AHEAD,
+            3 * DOCUMENTS_AHEAD + 1,
+        ] {
             let docs: Vec<Document> = (0..n)
                 .map(|i| crate::doc! {"i" => Value::Int64(i as i64)})
                 .collect();

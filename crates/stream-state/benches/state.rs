@@ -32,10 +32,6 @@ use stream_core::value::Value;
 const BATCH: usize = 10_000;
 const GETS: usize = 1_000;
 
-fn env_or(var: &str, default: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| default.to_string())
-}
-
 /// Every backend, opened through its provider as a definition would.
 fn stores(dir: &std::path::Path) -> Vec<(&'static str, Arc<dyn StateStore>)> {
     let pipeline = format!("bench-{}", std::process::id());
@@ -64,10 +60,7 @@ fn stores(dir: &std::path::Path) -> Vec<(&'static str, Arc<dyn StateStore>)> {
             open(
                 &stream_state::RedisStateStoreProvider,
                 ConnectorConfig::new("redis")
-                    .option(
-                        "url",
-                        env_or("SROTAX_TEST_REDIS_URL", "redis://127.0.0.1:16379"),
-                    )
+                    .option("url", test_support::redis_url())
                     .option("keyPrefix", "srotax-bench")
                     .option("retryFor", "2s"),
             ),
@@ -77,13 +70,7 @@ fn stores(dir: &std::path::Path) -> Vec<(&'static str, Arc<dyn StateStore>)> {
             open(
                 &stream_state::SqlStateStoreProvider::postgres(),
                 ConnectorConfig::new("postgres")
-                    .option(
-                        "url",
-                        env_or(
-                            "SROTAX_TEST_POSTGRES_URL",
-                            "postgres://srotax@127.0.0.1:15432/srotax",
-                        ),
-                    )
+                    .option("url", test_support::postgres_url())
                     .option("tablePrefix", "srotax_bench_")
                     .option("retryFor", "2s"),
             ),

@@ -403,7 +403,7 @@ mod sql {
 
     fn url(backend: Backend, location: &Path) -> String {
         match backend {
-            Backend::Postgres => common::postgres_url(),
+            Backend::Postgres => test_support::postgres_url(),
             _ => format!("sqlite://{}", location.display()),
         }
     }

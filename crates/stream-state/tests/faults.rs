@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{checkpoint, free_port, redis_url, require_server, start_redis, unique_id};
+use common::checkpoint;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +16,7 @@ use stream_state::{
     RedisStateStore, RedisStateStoreOptions, RedisStateStoreProvider, SqlStateStore,
     SqlStateStoreOptions,
 };
+use test_support::{free_port, init_postgres, redis_url, start_postgres, start_redis, unique};
 
 const CHECKPOINTS: u64 = 120;
 
@@ -79,7 +80,7 @@ async fn redis_killed_and_restarted_mid_run_loses_no_checkpoint() {
     let mut server = start_redis(dir.path(), port);
     let mut options = RedisStateStoreOptions::new(format!("redis://127.0.0.1:{port}"));
     options.retry_for = Duration::from_secs(30);
-    let pipeline = unique_id("redis-restart");
+    let pipeline = unique("redis-restart");
     let store = Arc::new(RedisStateStore::new(options, &pipeline).unwrap());
     survives_restart(store, &pipeline, || {
         server.kill(); // SIGKILL: the append-only file has every acknowledged write
@@ -93,21 +94,21 @@ async fn redis_killed_and_restarted_mid_run_loses_no_checkpoint() {
 async fn postgres_crashed_and_restarted_mid_run_loses_no_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("pg");
-    common::init_postgres(&data);
+    init_postgres(&data);
     let port = free_port();
-    let mut server = common::start_postgres(&data, port);
+    let mut server = start_postgres(&data, port);
     let mut options = SqlStateStoreOptions::new(
         SqlFlavor::Postgres,
         format!("postgres://srotax@127.0.0.1:{port}/postgres"),
     );
     options.retry_for = Duration::from_secs(60);
-    let pipeline = unique_id("pg-restart");
+    let pipeline = unique("pg-restart");
     let store = Arc::new(SqlStateStore::new(options, &pipeline));
     survives_restart(store, &pipeline, || {
         // SIGQUIT is PostgreSQL's immediate shutdown: no checkpoint, WAL replay at start.
         server.stop_with(libc::SIGQUIT);
         std::thread::sleep(Duration::from_millis(800));
-        server = common::start_postgres(&data, port);
+        server = start_postgres(&data, port);
     })
     .await;
 }
@@ -128,7 +129,6 @@ fn redis_command(stream: &mut TcpStream, args: &[&str]) -> String {
 
 fn redis_connection() -> TcpStream {
     let url = redis_url();
-    require_server(&url);
     let addr = url.trim_start_matches("redis://").trim_end_matches('/');
     TcpStream::connect(addr).unwrap()
 }
@@ -136,7 +136,7 @@ fn redis_connection() -> TcpStream {
 /// A client that dies between MULTI and EXEC leaves the previous checkpoint.
 #[tokio::test]
 async fn redis_transaction_cut_before_exec_keeps_the_previous_checkpoint() {
-    let pipeline = unique_id("redis-multi");
+    let pipeline = unique("redis-multi");
     let store = RedisStateStore::new(RedisStateStoreOptions::new(redis_url()), &pipeline).unwrap();
     for seq in 1..=2 {
         store
@@ -174,7 +174,7 @@ async fn redis_transaction_cut_before_exec_keeps_the_previous_checkpoint() {
 /// pipeline's hash tag.
 #[tokio::test]
 async fn redis_uses_native_expiry_and_hash_tagged_keys() {
-    let pipeline = unique_id("redis-ttl");
+    let pipeline = unique("redis-ttl");
     let config = ConnectorConfig::new("redis")
         .option("url", redis_url())
         .option("ttl", "7d");

@@ -15,6 +15,7 @@ use stream_core::value::{Document, Value};
 use stream_state::file::FileStateStore;
 use stream_state::sql::SqlFlavor;
 use stream_state::{RedisStateStore, RedisStateStoreOptions, SqlStateStore, SqlStateStoreOptions};
+use test_support::{free_port, init_postgres, start_postgres, start_redis, Server};
 
 /// Lines served in order from a shared list; positions are line numbers. Never ends.
 #[derive(Clone, Default)]
@@ -353,9 +354,9 @@ async fn run_until(
 async fn orders_survive_a_server_restart(
     state: &str,
     store: Arc<dyn StateStore>,
-    server: &mut common::Server,
-    crash: fn(&mut common::Server),
-    start: impl Fn() -> common::Server,
+    server: &mut Server,
+    crash: fn(&mut Server),
+    start: impl Fn() -> Server,
 ) {
     let reference_lines = Lines::default();
     add_orders(&reference_lines, 0..ORDERS);
@@ -443,9 +444,9 @@ async fn orders_survive_a_server_restart(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_pipeline_survives_redis_killed_and_restarted_under_it() {
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
+    let port = free_port();
     // AOF with `appendfsync always`: every write Redis acknowledged survives kill -9.
-    let mut server = common::start_redis(dir.path(), port);
+    let mut server = start_redis(dir.path(), port);
     let url = format!("redis://127.0.0.1:{port}");
     let state = format!(r#"{{"type": "redis", "options": {{"url": "{url}", "retryFor": "60s"}}}}"#);
     let store = Arc::new(RedisStateStore::new(RedisStateStoreOptions::new(url), "ltv").unwrap());
@@ -453,8 +454,8 @@ async fn orders_pipeline_survives_redis_killed_and_restarted_under_it() {
         &state,
         store,
         &mut server,
-        common::Server::kill, // SIGKILL
-        || common::start_redis(dir.path(), port),
+        Server::kill, // SIGKILL
+        || start_redis(dir.path(), port),
     )
     .await;
 }
@@ -463,9 +464,9 @@ async fn orders_pipeline_survives_redis_killed_and_restarted_under_it() {
 async fn orders_pipeline_survives_postgres_crashed_and_restarted_under_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("pg");
-    common::init_postgres(&data);
-    let port = common::free_port();
-    let mut server = common::start_postgres(&data, port);
+    init_postgres(&data);
+    let port = free_port();
+    let mut server = start_postgres(&data, port);
     let url = format!("postgres://srotax@127.0.0.1:{port}/postgres");
     let state =
         format!(r#"{{"type": "postgres", "options": {{"url": "{url}", "retryFor": "60s"}}}}"#);
@@ -479,7 +480,7 @@ async fn orders_pipeline_survives_postgres_crashed_and_restarted_under_it() {
         &mut server,
         // SIGQUIT is PostgreSQL's immediate shutdown: a crash (WAL replay at start).
         |s| s.stop_with(libc::SIGQUIT),
-        || common::start_postgres(&data, port),
+        || start_postgres(&data, port),
     )
     .await;
 }

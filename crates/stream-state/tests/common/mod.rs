@@ -1,17 +1,15 @@
 //! Shared helpers of the state-store tests: opening every backend the way a definition
-//! does, addresses of the test services, child processes, private servers.
+//! does, child processes. Service addresses and private servers are `test_support`'s.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use stream_core::streaming::{
     Checkpoint, ConnectorConfig, SourcePositions, StateStore, StateStoreProvider,
 };
 use stream_core::value::Value;
+use test_support::{postgres_url, redis_url, unique};
 
 /// The state backends under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,50 +44,6 @@ impl Backend {
     }
 }
 
-/// `SROTAX_TEST_REDIS_URL`, else the `cargo xtask services up` Redis.
-pub fn redis_url() -> String {
-    std::env::var("SROTAX_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".into())
-}
-
-/// `SROTAX_TEST_POSTGRES_URL`, else the `cargo xtask services up` PostgreSQL.
-pub fn postgres_url() -> String {
-    std::env::var("SROTAX_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://srotax@127.0.0.1:15432/srotax".into())
-}
-
-/// Fails loudly (never skips) when the server behind `url` does not answer.
-pub fn require_server(url: &str) {
-    let host_port = url
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.rsplit('@').next())
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_default();
-    let reachable = host_port
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
-    assert!(
-        reachable,
-        "no server answers at {url}: run `cargo xtask services up` (or set the SROTAX_TEST_*_URL variable)"
-    );
-}
-
-/// A pipeline id no other test (or earlier run) uses.
-pub fn unique_id(what: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{what}-{}-{nanos}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// The definition's `"state"` block for `backend`; `location` is the directory (file)
 /// or database file (sqlite), unused by the others.
 pub fn state_config(backend: Backend, location: &Path) -> ConnectorConfig {
@@ -110,14 +64,8 @@ pub fn open(backend: Backend, pipeline: &str, location: &Path) -> Arc<dyn StateS
     let provider: Arc<dyn StateStoreProvider> = match backend {
         Backend::Memory => Arc::new(stream_state::memory::MemoryStateStoreProvider::default()),
         Backend::File => Arc::new(stream_state::FileStateStoreProvider::new()),
-        Backend::Redis => {
-            require_server(&redis_url());
-            Arc::new(stream_state::RedisStateStoreProvider)
-        }
-        Backend::Postgres => {
-            require_server(&postgres_url());
-            Arc::new(stream_state::SqlStateStoreProvider::postgres())
-        }
+        Backend::Redis => Arc::new(stream_state::RedisStateStoreProvider),
+        Backend::Postgres => Arc::new(stream_state::SqlStateStoreProvider::postgres()),
         Backend::Sqlite => Arc::new(stream_state::SqlStateStoreProvider::sqlite()),
     };
     provider
@@ -141,7 +89,7 @@ impl Fixture {
             Backend::Sqlite => dir.path().join("state.db"),
             _ => dir.path().join("state"),
         };
-        let pipeline = unique_id(backend.name());
+        let pipeline = unique(backend.name());
         let store = open(backend, &pipeline, &location);
         Fixture {
             backend,
@@ -204,161 +152,4 @@ pub fn wait_ok(child: Child, what: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits until 127.0.0.1:`port` accepts connections.
-pub fn wait_for_port(port: u16, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A private server process for fault tests, killed (by its PID) on drop.
-pub struct Server {
-    pub port: u16,
-    pub child: Option<Child>,
-}
-
-impl Server {
-    /// SIGKILLs the server and reaps it.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Sends `signal` and waits for the server to exit.
-    pub fn stop_with(&mut self, signal: i32) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: plain signal delivery to our own child.
-            unsafe { libc::kill(c.id() as i32, signal) };
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Starts a private `redis-server` on `port` keeping an append-only file (fsync on
-/// every write) in `dir`, so data survives a restart.
-pub fn start_redis(dir: &Path, port: u16) -> Server {
-    let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args([
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-        ])
-        .args(["--daemonize", "no", "--dir"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server is not installed: run `cargo xtask services up`");
-    wait_for_port(port, Duration::from_secs(10));
-    Server {
-        port,
-        child: Some(child),
-    }
-}
-
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// `program` of PostgreSQL 15, as the `postgres` user when root (it refuses root).
-fn pg_command(program: &str) -> Command {
-    let path = Path::new(PG_BIN).join(program);
-    assert!(
-        path.exists(),
-        "{} is missing: PostgreSQL 15 must be installed",
-        path.display()
-    );
-    if is_root() {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=postgres",
-            "--regid=postgres",
-            "--init-groups",
-            "--reset-env",
-        ])
-        .arg(path);
-        c
-    } else {
-        Command::new(path)
-    }
-}
-
-/// Creates a private PostgreSQL cluster in `data` (superuser `srotax`, trust auth).
-pub fn init_postgres(data: &Path) {
-    std::fs::create_dir_all(data).unwrap();
-    if is_root() {
-        // The temp directory and the data directory must be reachable by `postgres`.
-        let mut p = data.to_path_buf();
-        loop {
-            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).ok();
-            if !p.pop() || p == std::env::temp_dir() {
-                break;
-            }
-        }
-        let st = Command::new("chown")
-            .arg("-R")
-            .arg("postgres:postgres")
-            .arg(data)
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    let out = pg_command("initdb")
-        .arg("-D")
-        .arg(data)
-        .args(["-U", "srotax", "--auth=trust", "--no-sync"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "initdb: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Starts the postmaster of the cluster in `data` on `port`.
-pub fn start_postgres(data: &Path, port: u16) -> Server {
-    let child = pg_command("postgres")
-        .arg("-D")
-        .arg(data)
-        .arg("-k")
-        .arg(data)
-        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, Duration::from_secs(30));
-    Server {
-        port,
-        child: Some(child),
-    }
 }
