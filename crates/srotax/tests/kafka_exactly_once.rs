@@ -6,11 +6,11 @@
 
 use rdkafka::producer::FutureRecord;
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use stream_core::value::{parse_document, Value};
 use test_support::kafka::{create_topics, read_topic, start_broker, Committed, Producer};
-use test_support::{Server, TempDir};
+use test_support::{KillOnDrop, Server, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_srotax");
 const ORDERS: i64 = 20_000;
@@ -104,7 +104,7 @@ fn definitions(broker: &Broker, suffix: &str) -> Vec<String> {
 }
 
 /// Starts `srotax run`, its log appended to `log`.
-fn spawn(defs: &[String], log: &str) -> Child {
+fn spawn(defs: &[String], log: &str) -> KillOnDrop {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -117,6 +117,7 @@ fn spawn(defs: &[String], log: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(KillOnDrop)
         .unwrap()
 }
 
@@ -127,7 +128,7 @@ fn tail(log: &str) -> String {
 }
 
 /// Waits until both pipelines consumed all orders, then stops the process gracefully.
-fn finish(bootstrap: &str, mut child: Child, suffix: &str, log: &str) {
+fn finish(bootstrap: &str, mut child: KillOnDrop, suffix: &str, log: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
     let ltv = Committed::new(bootstrap, &format!("srotax-ltv-{suffix}"), "orders");
     let paid = Committed::new(bootstrap, &format!("srotax-paid-{suffix}"), "orders");

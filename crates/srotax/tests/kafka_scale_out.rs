@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use stream_core::value::{parse_document, Value};
 use test_support::kafka::{bootstrap, create_topics, read_topic, Committed, Producer};
-use test_support::{redis_url, unique, TempDir};
+use test_support::{redis_url, unique, KillOnDrop, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_srotax");
 const PARTITIONS: i32 = 6;
@@ -130,7 +130,7 @@ impl Scenario {
     }
 
     /// Starts process `i` (appending to its log).
-    fn spawn(&self, i: usize) -> Child {
+    fn spawn(&self, i: usize) -> KillOnDrop {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -144,6 +144,7 @@ impl Scenario {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
+            .map(KillOnDrop)
             .unwrap()
     }
 
@@ -231,7 +232,7 @@ impl Scenario {
 fn three_processes_share_a_topic_and_take_over_a_stopped_ones_partitions_and_state() {
     let s = Scenario::new("stop", false);
     let producing = s.produce();
-    let mut children: Vec<Child> = (0..3).map(|i| s.spawn(i)).collect();
+    let mut children: Vec<KillOnDrop> = (0..3).map(|i| s.spawn(i)).collect();
     // Wait until the three share the six partitions.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -275,7 +276,7 @@ fn three_processes_share_a_topic_and_take_over_a_stopped_ones_partitions_and_sta
 fn a_process_killed_and_restarted_resumes_its_partitions_state_exactly() {
     let s = Scenario::new("kill", true);
     let producing = s.produce();
-    let mut children: Vec<Child> = (0..2).map(|i| s.spawn(i)).collect();
+    let mut children: Vec<KillOnDrop> = (0..2).map(|i| s.spawn(i)).collect();
     let total = ROUNDS * PER_ROUND;
     s.wait_committed(3000, Duration::from_secs(60));
     // Killed twice mid-stream: output and state after its last checkpoint are lost.

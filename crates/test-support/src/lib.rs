@@ -15,7 +15,9 @@ mod servers;
 pub use servers::{free_port, init_postgres, start_postgres, start_redis, wait_for_port, Server};
 
 use std::net::{TcpStream, ToSocketAddrs};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -100,6 +102,31 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process (a `srotax run` under test) killed and reaped when dropped, so that
+/// a failing test leaves no process behind. Dereferences to the [`Child`].
+pub struct KillOnDrop(pub Child);
+
+impl Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Both fail harmlessly when the test already waited for the process.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
