@@ -65,13 +65,23 @@ pub fn start_private(services_dir: &Path, dir: &Path, port: u16) -> Result<()> {
         std::fs::remove_dir_all(&data)?;
     }
     std::fs::create_dir_all(&data)?;
+    spawn_daemon(
+        dir,
+        broker(&bin, port, &data),
+        port,
+        Duration::from_secs(20),
+    )?;
+    Ok(())
+}
+
+/// The command starting the broker `bin` on 127.0.0.1:`port` with its data in `data`.
+fn broker(bin: &Path, port: u16, data: &Path) -> Command {
     let mut cmd = Command::new(bin);
     cmd.args(["start", "--host", "127.0.0.1", "--only", "kafka"])
         .args(["--kafka-port", &port.to_string()])
         .arg("--data-dir")
-        .arg(&data);
-    spawn_daemon(dir, cmd, port, Duration::from_secs(20))?;
-    Ok(())
+        .arg(data);
+    cmd
 }
 
 /// Stops a broker started by [`start_private`] (by its recorded PID).
@@ -95,12 +105,12 @@ impl Service for Kafka {
         let bin = install(dir)?;
         let data = dir.join("data");
         std::fs::create_dir_all(&data)?;
-        let mut cmd = Command::new(bin);
-        cmd.args(["start", "--host", "127.0.0.1", "--only", "kafka"])
-            .args(["--kafka-port", &PORT.to_string()])
-            .arg("--data-dir")
-            .arg(&data);
-        spawn_daemon(dir, cmd, PORT, Duration::from_secs(20))?;
+        spawn_daemon(
+            dir,
+            broker(&bin, PORT, &data),
+            PORT,
+            Duration::from_secs(20),
+        )?;
         Ok(())
     }
 
