@@ -4,8 +4,9 @@
 //! (idempotent, `acks=all`, like the SrotaX sink), then waits for every delivery report.
 //! No parsing, no processing: the same messages in and out. Prints the elapsed seconds.
 //! `kafka-baseline --create BOOTSTRAP TOPIC PARTITIONS` creates a topic;
+//! `kafka-baseline --delete BOOTSTRAP TOPIC` deletes one;
 //! `kafka-baseline --committed BOOTSTRAP GROUP TOPIC` prints the sum of the offsets
-//! `GROUP` committed on `TOPIC`'s partitions (how many messages a run consumed). Both
+//! `GROUP` committed on `TOPIC`'s partitions (how many messages a run consumed). All three
 //! are the test helpers of `test-support`, which panic saying what failed.
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -16,10 +17,16 @@ use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use test_support::kafka::{create_topics, Committed};
+use test_support::kafka::{create_topics, delete_topics, Committed};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, bootstrap, topic] = args.as_slice() {
+        if flag == "--delete" {
+            delete_topics(bootstrap, &[topic]);
+            return ExitCode::SUCCESS;
+        }
+    }
     if let [flag, bootstrap, a, b] = args.as_slice() {
         match flag.as_str() {
             "--create" => {
@@ -61,6 +68,9 @@ fn run(bootstrap: &str, input: &str, output: &str, count: u64) -> Result<Duratio
         .set("group.id", &group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        // As SrotaX's source sets it: librdkafka's default (1 s) pauses a partition for
+        // a second whenever its prefetch queue was full once.
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .map_err(|e| format!("consumer: {e}"))?;
     let producer: ThreadedProducer<_> = ClientConfig::new()

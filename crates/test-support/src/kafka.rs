@@ -54,6 +54,20 @@ pub fn create_topics(bootstrap: &str, topics: &[&str], partitions: i32) {
     }
 }
 
+/// Deletes `topics` (and their messages); panics saying what failed.
+pub fn delete_topics(bootstrap: &str, topics: &[&str]) {
+    let admin: AdminClient<DefaultClientContext> = client(bootstrap)
+        .create()
+        .unwrap_or_else(|e| panic!("Kafka admin client: {e}"));
+    let results = block_on(admin.delete_topics(topics, &AdminOptions::new()))
+        .unwrap_or_else(|e| panic!("deleting topics {topics:?}: {e}"));
+    for r in results {
+        if let Err((topic, e)) = r {
+            panic!("deleting topic {topic}: {e}");
+        }
+    }
+}
+
 /// A producer that remembers what it sent so that [`Producer::flush`] can check every
 /// delivery report. Records not flushed may be lost: flush before relying on them.
 pub struct Producer {

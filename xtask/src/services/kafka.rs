@@ -4,11 +4,11 @@
 //! topic on first use; tests needing several partitions create them through the admin
 //! API).
 
-use super::{running_pid, spawn_daemon, stop_daemon, Service};
+use super::{running_pid, spawn_daemon, stop_daemon, tree_cpu_ticks, Service};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The port the tests expect (`SROTAX_TEST_KAFKA_BOOTSTRAP` overrides it in tests).
 pub const PORT: u16 = 19092;
@@ -82,6 +82,34 @@ fn broker(bin: &Path, port: u16, data: &Path) -> Command {
         .arg("--data-dir")
         .arg(data);
     cmd
+}
+
+/// Waits until the broker started by [`start_private`] in `dir` has used no CPU for
+/// two seconds (at most `limit`; false if it never settled). After writes, and after
+/// topics are created or deleted, noida-db rewrites all its data as one JSON file,
+/// which keeps a core busy for seconds (with a pause of about a second between two
+/// rewrites): a measurement started meanwhile would share the machine with it.
+pub fn wait_until_private_idle(dir: &Path, limit: Duration) -> bool {
+    const QUIET: Duration = Duration::from_secs(2);
+    let Some(pid) = running_pid(dir) else {
+        return true;
+    };
+    let started = Instant::now();
+    let mut ticks = tree_cpu_ticks(pid);
+    let mut quiet_since = Instant::now();
+    while started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = tree_cpu_ticks(pid);
+        // One tick (10 ms) per 100 ms is background noise, more is work.
+        if now > ticks + 1 {
+            quiet_since = Instant::now();
+        }
+        ticks = now;
+        if quiet_since.elapsed() >= QUIET {
+            return true;
+        }
+    }
+    false
 }
 
 /// Stops a broker started by [`start_private`] (by its recorded PID).

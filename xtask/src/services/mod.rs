@@ -20,7 +20,7 @@ mod postgres;
 mod process;
 mod redis;
 
-pub use process::{running_pid, spawn_daemon, stop_daemon};
+pub use process::{running_pid, spawn_daemon, stop_daemon, tree_cpu_ticks};
 
 use crate::repo_root;
 use anyhow::{bail, Context, Result};

@@ -31,10 +31,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a fetch waits for the group's first assignment before returning empty.
 const FIRST_ASSIGNMENT_WAIT: Duration = Duration::from_secs(10);
 
-/// After the first assignment, how long a fetch waits for the first records (offset
-/// lookups and the first fetch) before returning empty.
-const FIRST_FETCH_GRACE: Duration = Duration::from_secs(2);
-
 /// How long a fetch keeps waiting past `max_wait` while an assigned partition is known
 /// to hold records not read yet.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
@@ -166,6 +162,12 @@ impl SourceOptions {
             .str_option("groupId")?
             .map(str::to_string)
             .unwrap_or_else(|| format!("srotax-{pipeline_id}"));
+        // librdkafka's default, 1 s, stops fetching a partition for a second whenever
+        // its prefetch queue was full once, though the pipeline drains it in
+        // milliseconds (seen as one-second gaps in the input).
+        if client.get("fetch.queue.backoff.ms").is_none() {
+            client.set("fetch.queue.backoff.ms", "10");
+        }
         client
             .set("group.id", group_id)
             // Offsets are committed by SrotaX after the covering checkpoint only.
@@ -573,11 +575,30 @@ impl KafkaSource {
     }
 }
 
+/// The high watermark librdkafka kept from its last fetch response for a partition
+/// (no request); `None` before the first.
+fn fetched_high_watermark(consumer: &SourceConsumer, topic: &str, partition: i32) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: the client handle lives as long as `consumer`; `topic` is NUL-terminated
+    // and outlives the call; librdkafka only writes the two offsets.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+}
+
 /// Whether an assigned partition holds records this consumer has not read yet, by the
-/// high watermarks of librdkafka's statistics (at most a second old; no request). In
-/// the first [`CATCH_UP_WAIT`] after the assignment, a partition whose position or
-/// high watermark is not known yet counts as behind too: librdkafka may still be
-/// looking up where it starts.
+/// high watermark of librdkafka's last fetch response (or, before one, its statistics;
+/// no request either way). In the first [`CATCH_UP_WAIT`] after the assignment, a
+/// partition whose position or high watermark is not known yet counts as behind too:
+/// librdkafka may still be looking up where it starts.
 fn behind(consumer: &SourceConsumer, shared: &Shared) -> bool {
     let starting = lock(&shared.assigned_at).is_none_or(|at| at.elapsed() < CATCH_UP_WAIT);
     let assigned = lock(&shared.assigned).clone();
@@ -593,8 +614,11 @@ fn behind(consumer: &SourceConsumer, shared: &Shared) -> bool {
                 Offset::Offset(o) => Some(o),
                 _ => None,
             });
-        match (read.get(tp).copied().max(at), high.get(tp)) {
-            (Some(position), Some(&high)) => high > position,
+        let high = fetched_high_watermark(consumer, &tp.0, tp.1).or(high.get(tp).copied());
+        match (read.get(tp).copied().max(at), high) {
+            (Some(position), Some(high)) => high > position,
+            // An empty partition: nothing to wait for.
+            (None, Some(0)) => false,
             _ => starting,
         }
     })
@@ -719,10 +743,11 @@ impl Source for KafkaSource {
             let rebalancing = || shared.rebalancing.load(Ordering::Acquire);
             // Wait for the first record only.
             while records.is_empty() && !rebalancing() {
-                // Before the group's first assignment and its first fetch, "nothing to
-                // read" would be wrong (an `availableNow` run would end at once).
+                // Before the group's first assignment, "nothing to read" would be wrong
+                // (an `availableNow` run would end at once); after it, `behind` below
+                // keeps waiting until the first fetch tells where each partition is.
                 let deadline = match *lock(&shared.assigned_at) {
-                    Some(at) => (started + max_wait).max(at + FIRST_FETCH_GRACE),
+                    Some(_) => started + max_wait,
                     None => started + max_wait.max(FIRST_ASSIGNMENT_WAIT),
                 };
                 // Past the deadline only while catching up (below): poll, do not spin.

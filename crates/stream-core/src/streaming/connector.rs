@@ -190,6 +190,15 @@ pub trait Sink: Send {
     /// (durable) after [`Sink::flush`].
     async fn write(&mut self, batch: &[Document]) -> Result<(), ConnectorError>;
 
+    /// Called once when the pipeline starts, before the first write, unless the
+    /// pipeline is transactional ([`Sink::begin`] prepares the sink then). A sink that
+    /// connects lazily connects here, so the first batch does not wait for the set-up
+    /// (Kafka: a producer's connection and idempotent producer id). The default does
+    /// nothing.
+    async fn open(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
     /// How many written batches the orchestrator may leave unflushed, so that the sink
     /// keeps earlier batches in flight while it takes the next ones (Kafka: delivery
     /// reports still to come). Whatever this says, the orchestrator flushes before every

@@ -713,6 +713,7 @@ async fn source_loop(
                     metrics.record_backpressure("source", depth, waited.elapsed());
                 }
                 if end {
+                    debug!("source: end of input");
                     let _ = tx.send(SourceMsg::End).await;
                     break;
                 }
@@ -1514,6 +1515,8 @@ impl Delivery {
     ) -> Result<(), RunError> {
         if self.transactional {
             self.sink.begin().await.map_err(RunError::Sink)?;
+        } else {
+            self.sink.open().await.map_err(RunError::Sink)?;
         }
         // Documents and batches written but not yet acknowledged by a flush.
         let (mut unflushed, mut unflushed_batches) = (0, 0);
