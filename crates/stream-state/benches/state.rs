@@ -99,7 +99,7 @@ fn checkpoint(pipeline: &str, sequence: u64) -> Checkpoint {
         pipeline_id: pipeline.into(),
         sequence,
         positions,
-        operator_state: vec![Value::Null],
+        operator_state: vec![Value::Null].into(),
         sink_position: Value::Null,
         created_at: 0,
     }

@@ -94,7 +94,7 @@ fn crash_child() {
                 pipeline_id: PIPELINE.into(),
                 sequence: seq,
                 positions,
-                operator_state: operator_state(seq),
+                operator_state: operator_state(seq).into(),
                 sink_position: Value::Null,
                 created_at: 0,
             };

@@ -57,7 +57,7 @@ fn checkpoint(pipeline: &str, seq: u64) -> Checkpoint {
         pipeline_id: pipeline.into(),
         sequence: seq,
         positions,
-        operator_state: rich_state(seq),
+        operator_state: rich_state(seq).into(),
         sink_position: Value::Int64(seq as i64),
         created_at: 1_700_000_000_000 + seq as i64,
     }
@@ -66,7 +66,7 @@ fn checkpoint(pipeline: &str, seq: u64) -> Checkpoint {
 fn assert_same(a: &Checkpoint, b: &Checkpoint) {
     assert_eq!(a.encode(), b.encode());
     assert_eq!(a.operator_state.len(), b.operator_state.len());
-    for (x, y) in a.operator_state.iter().zip(&b.operator_state) {
+    for (x, y) in a.operator_state.iter().zip(b.operator_state.iter()) {
         assert!(x.identical(y), "{} != {}", x.to_json(), y.to_json());
     }
 }

@@ -452,7 +452,7 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
             .seek(&cp.positions)
             .await
             .map_err(RunError::Source)?;
-        let mut states = cp.operator_state.clone();
+        let mut states = cp.operator_state.to_vec();
         if tracker.is_some() && !states.is_empty() {
             // The watermark tracker's state follows the stages' states.
             let state = states.pop().unwrap_or(Value::Null);
@@ -479,7 +479,7 @@ async fn drive(mut p: Parts) -> Result<RunSummary, RunError> {
             pipeline_id: id.clone(),
             sequence: 0,
             positions: SourcePositions::new(),
-            operator_state: Vec::new(),
+            operator_state: Arc::from([]),
             sink_position,
             created_at: chrono::Utc::now().timestamp_millis(),
         };
@@ -1556,7 +1556,7 @@ impl Delivery {
                     pipeline_id: self.pipeline_id.clone(),
                     sequence: self.sequence,
                     positions,
-                    operator_state: state,
+                    operator_state: state.into(),
                     sink_position: self.sink.committed_position().unwrap_or(Value::Null),
                     created_at: chrono::Utc::now().timestamp_millis(),
                 };

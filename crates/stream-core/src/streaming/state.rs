@@ -41,8 +41,9 @@ pub struct Checkpoint {
     pub sequence: u64,
     /// Source positions covered (every record up to these was processed and delivered).
     pub positions: SourcePositions,
-    /// Operator state, one entry per stage (`null` for stateless stages).
-    pub operator_state: Vec<Value>,
+    /// Operator state, one entry per stage (`null` for stateless stages). Shared, so
+    /// that a store keeping checkpoints in memory holds one without copying it.
+    pub operator_state: Arc<[Value]>,
     /// The sink's committed position ([`super::Sink::committed_position`]), or null.
     pub sink_position: Value,
     /// Wall-clock time of the checkpoint, epoch millis.
@@ -52,6 +53,7 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Canonical Extended JSON bytes (types survive the round trip).
     pub fn encode(&self) -> Vec<u8> {
+        let mode = ExtJsonMode::Canonical;
         let mut positions = Document::new();
         for (k, v) in &self.positions {
             positions.insert(k.as_str(), v.clone());
@@ -60,10 +62,20 @@ impl Checkpoint {
         d.insert("pipelineId", Value::string(self.pipeline_id.as_str()));
         d.insert("sequence", Value::Int64(self.sequence as i64));
         d.insert("positions", Value::Document(positions));
-        d.insert("operatorState", Value::Array(self.operator_state.clone()));
         d.insert("sinkPosition", self.sink_position.clone());
         d.insert("createdAt", Value::Date(self.created_at));
-        d.to_json_mode(ExtJsonMode::Canonical).into_bytes()
+        let mut out = d.to_json_mode(mode);
+        // The state is written in place: a document holding it would copy all of it.
+        out.pop(); // the closing brace
+        out.push_str(",\"operatorState\":[");
+        for (i, state) in self.operator_state.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            state.write_json(&mut out, mode);
+        }
+        out.push_str("]}");
+        out.into_bytes()
     }
 
     /// Reads [`Checkpoint::encode`]'s output; `what` names the origin in errors.
@@ -88,11 +100,11 @@ impl Checkpoint {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        let operator_state = d
+        let operator_state: Arc<[Value]> = d
             .get("operatorState")
             .and_then(Value::as_array)
             .ok_or_else(|| corrupt("missing operatorState".into()))?
-            .to_vec();
+            .into();
         let sink_position = d.get("sinkPosition").cloned().unwrap_or(Value::Null);
         let created_at = match d.get("createdAt") {
             Some(Value::Date(ms)) => *ms,
@@ -456,7 +468,8 @@ mod tests {
             operator_state: vec![
                 Value::Null,
                 Value::Array(vec![Value::Int32(1), Value::Double(2.0)]),
-            ],
+            ]
+            .into(),
             sink_position: Value::Int64(99),
             created_at: 1_700_000_000_000,
         };

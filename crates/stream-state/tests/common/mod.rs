@@ -117,7 +117,7 @@ pub fn checkpoint(pipeline: &str, sequence: u64, padding: usize) -> Checkpoint {
         pipeline_id: pipeline.to_string(),
         sequence,
         positions,
-        operator_state: vec![Value::Null, Value::string("x".repeat(padding))],
+        operator_state: vec![Value::Null, Value::string("x".repeat(padding))].into(),
         sink_position: Value::Int64(sequence as i64),
         created_at: 1_700_000_000_000 + sequence as i64,
     }
