@@ -81,18 +81,11 @@ pub struct PartitionSlice {
 impl PartitionSlice {
     /// Canonical Extended JSON: `{"position": ..., "operatorState": [...], "savedAt": date}`.
     pub fn encode(&self) -> Vec<u8> {
-        // Written field by field: a document holding the state would copy all of it.
         let mode = ExtJsonMode::Canonical;
         let mut out = String::from("{\"position\":");
         self.position.write_json(&mut out, mode);
-        out.push_str(",\"operatorState\":[");
-        for (i, state) in self.operator_state.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            state.write_json(&mut out, mode);
-        }
-        out.push_str("],\"savedAt\":");
+        super::state::write_operator_state(&mut out, &self.operator_state);
+        out.push_str(",\"savedAt\":");
         Value::Date(chrono::Utc::now().timestamp_millis()).write_json(&mut out, mode);
         out.push('}');
         out.into_bytes()

@@ -50,6 +50,19 @@ pub struct Checkpoint {
     pub created_at: i64,
 }
 
+/// Appends `,"operatorState":[...]` in canonical Extended JSON. Written in place: a
+/// document holding the state would copy all of it.
+pub(super) fn write_operator_state(out: &mut String, states: &[Value]) {
+    out.push_str(",\"operatorState\":[");
+    for (i, state) in states.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        state.write_json(out, ExtJsonMode::Canonical);
+    }
+    out.push(']');
+}
+
 impl Checkpoint {
     /// Canonical Extended JSON bytes (types survive the round trip).
     pub fn encode(&self) -> Vec<u8> {
@@ -65,16 +78,9 @@ impl Checkpoint {
         d.insert("sinkPosition", self.sink_position.clone());
         d.insert("createdAt", Value::Date(self.created_at));
         let mut out = d.to_json_mode(mode);
-        // The state is written in place: a document holding it would copy all of it.
         out.pop(); // the closing brace
-        out.push_str(",\"operatorState\":[");
-        for (i, state) in self.operator_state.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            state.write_json(&mut out, mode);
-        }
-        out.push_str("]}");
+        write_operator_state(&mut out, &self.operator_state);
+        out.push('}');
         out.into_bytes()
     }
 
