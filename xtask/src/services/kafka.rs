@@ -58,30 +58,27 @@ fn broker_binary(venv: &Path) -> Option<PathBuf> {
 /// file from time to time, which takes seconds once other runs' topics pile up: a
 /// benchmark on the shared broker measures that too.
 pub fn start_private(services_dir: &Path, dir: &Path, port: u16) -> Result<()> {
-    let bin = install(services_dir)?;
     stop_private(dir)?;
     let data = dir.join("data");
     if data.exists() {
         std::fs::remove_dir_all(&data)?;
     }
-    std::fs::create_dir_all(&data)?;
-    spawn_daemon(
-        dir,
-        broker(&bin, port, &data),
-        port,
-        Duration::from_secs(20),
-    )?;
-    Ok(())
+    spawn_broker(services_dir, dir, port)
 }
 
-/// The command starting the broker `bin` on 127.0.0.1:`port` with its data in `data`.
-fn broker(bin: &Path, port: u16, data: &Path) -> Command {
+/// Installs noida-db under `services_dir` (once) and starts it in the background on
+/// 127.0.0.1:`port`, with its data in `dir/data` and its PID in `dir`.
+fn spawn_broker(services_dir: &Path, dir: &Path, port: u16) -> Result<()> {
+    let bin = install(services_dir)?;
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data)?;
     let mut cmd = Command::new(bin);
     cmd.args(["start", "--host", "127.0.0.1", "--only", "kafka"])
         .args(["--kafka-port", &port.to_string()])
         .arg("--data-dir")
-        .arg(data);
-    cmd
+        .arg(&data);
+    spawn_daemon(dir, cmd, port, Duration::from_secs(20))?;
+    Ok(())
 }
 
 /// Waits until the broker started by [`start_private`] in `dir` has used no CPU for
@@ -130,16 +127,7 @@ impl Service for Kafka {
         if running_pid(dir).is_some() {
             return Ok(());
         }
-        let bin = install(dir)?;
-        let data = dir.join("data");
-        std::fs::create_dir_all(&data)?;
-        spawn_daemon(
-            dir,
-            broker(&bin, PORT, &data),
-            PORT,
-            Duration::from_secs(20),
-        )?;
-        Ok(())
+        spawn_broker(dir, dir, PORT)
     }
 
     fn down(&self, dir: &Path) -> Result<()> {
